@@ -1,0 +1,113 @@
+"""The training CLI: ``python -m training {train,evaluate,report,export,fit} CONFIG [options]``.
+
+CONFIG is a shipped name (``fashion-mnist``) or a path to a TOML file; ``--set section.key=value``
+overrides any field. Checkpoints and logs go to ``runs/<name>/``, the served artifacts to
+``models/<name>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config
+from .data import DataError
+from .export import ExportError
+
+log = logging.getLogger("training")
+
+COMMANDS = {
+    "train": "train with early stopping; checkpoints in the run dir",
+    "evaluate": "test-set ELBO, IWAE log p(x), gap and active units of the best checkpoint",
+    "report": "PNG figures: curves, reconstructions, samples, traversals, latent map",
+    "export": "ONNX graphs + parity check + manifest into models/<name>/",
+    "fit": "train, evaluate, report and export in one go",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("config", help="shipped config name (e.g. fashion-mnist) or path to a .toml file")
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config field, e.g. --set train.epochs=5 (repeatable)")
+        sub.add_argument("--epochs", type=int, help="shorthand for --set train.epochs=N")
+        sub.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
+        sub.add_argument("--device", help="cpu or cuda[:N] (shorthand for --set train.device=...)")
+        sub.add_argument("--data-dir", help="folder with the four IDX files (default: Debian's dataset package)")
+        sub.add_argument("--runs-dir", type=Path, default=Path("runs"), help="checkpoints and logs (default: runs/)")
+        sub.add_argument("--models-dir", type=Path, default=Path("models"), help="exported models (default: models/)")
+        sub.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+        if name in ("train", "fit"):
+            sub.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    overrides = list(args.overrides)
+    for flag, key in (("epochs", "train.epochs"), ("seed", "train.seed"), ("device", "train.device"), ("data_dir", "data.data_dir")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    return load_config(args.config, overrides)
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = resolve_config(args)
+    run_dir = args.runs_dir / cfg.name
+    model_dir = args.models_dir / cfg.name
+    progress = not args.no_progress and sys.stderr.isatty()
+    from . import train
+
+    if args.command in ("train", "fit"):
+        train.fit(cfg, run_dir, resume=args.resume, progress=progress)
+    if args.command in ("evaluate", "fit"):
+        _evaluate(cfg, run_dir, progress)
+    if args.command in ("report", "fit"):
+        from . import report
+
+        report.write_report(run_dir, model_dir / "report")
+    if args.command in ("export", "fit"):
+        from . import export
+
+        command = "python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        export.export_model(run_dir, model_dir, command=command)
+
+
+def _evaluate(cfg: Config, run_dir: Path, progress: bool) -> None:
+    from . import train
+
+    best = run_dir / "best.pt"
+    if not best.is_file():
+        raise FileNotFoundError(f"{best} not found: run `python -m training train {cfg.name}` first")
+    trained_cfg, model, _ = train.load_checkpoint(best, cfg.train.device)
+    # Evaluation settings come from the command line; the model's from its checkpoint.
+    trained_cfg = Config.from_dict({**trained_cfg.to_dict(), "eval": cfg.to_dict()["eval"]})
+    splits = train.load_data(trained_cfg)
+    metrics = train.evaluate(trained_cfg, model, splits, cfg.train.device, progress)
+    metrics["dataset_sha256"] = splits.sha256
+    (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+    log.info("test: ELBO %.2f, log p(x) %.2f (IWAE K=%d), gap %.2f, KL %.2f, active units %d/%d",
+             metrics["test_elbo"], metrics["test_log_likelihood"], metrics["iwae_samples"], metrics["test_gap"],
+             metrics["test_kl"], metrics["active_units"], metrics["latent_dim"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except (ConfigError, DataError, FileNotFoundError, ExportError) as exc:
+        parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

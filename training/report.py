@@ -1,0 +1,118 @@
+"""PNG figures next to a model: training curves, reconstructions, prior samples, latent
+traversals, a 2-D map of test latent means by class (PCA beyond two dimensions), and for a
+2-D model the decoded manifold."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .train import load_checkpoint, load_data, prepare_eval_images
+
+log = logging.getLogger(__name__)
+
+FASHION_CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
+
+
+def _grid(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """(rows·cols, 784) -> one (rows·28, cols·28) image with 1-pixel gutters."""
+    canvas = np.ones((rows * 29 - 1, cols * 29 - 1), dtype=np.float32)
+    for i, image in enumerate(images[: rows * cols]):
+        r, c = divmod(i, cols)
+        canvas[r * 29: r * 29 + 28, c * 29: c * 29 + 28] = image.reshape(28, 28)
+    return canvas
+
+
+def _save_image(plt, canvas: np.ndarray, path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(canvas.shape[1] / 40 + 0.5, canvas.shape[0] / 40 + 0.8), dpi=100)
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+@torch.no_grad()
+def write_report(run_dir: Path, out_dir: Path, seed: int = 0) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg, model, _ = load_checkpoint(run_dir / "best.pt")
+    splits = load_data(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    z_dim = cfg.model.latent_dim
+    generator = torch.Generator().manual_seed(seed)
+    written: list[Path] = []
+
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if history:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
+        epochs = [h["epoch"] for h in history]
+        axes[0].plot(epochs, [-h["train_loss"] for h in history], label="train −loss (β-weighted)")
+        axes[0].plot(epochs, [h["val_elbo"] for h in history], label="validation ELBO")
+        axes[0].set_xlabel("epoch"), axes[0].set_ylabel("nats"), axes[0].legend(fontsize=8)
+        axes[1].plot(epochs, [h["val_kl"] for h in history], label="validation KL")
+        axes[1].plot(epochs, [-h["val_reconstruction"] for h in history], label="validation −E[log p(x|z)]")
+        axes[1].set_xlabel("epoch"), axes[1].set_yscale("log"), axes[1].legend(fontsize=8)
+        fig.suptitle(f"{cfg.name}: training curves", fontsize=10)
+        fig.tight_layout()
+        written.append(out_dir / "curves.png")
+        fig.savefig(written[-1])
+        plt.close(fig)
+
+    test = prepare_eval_images(cfg, splits.test)
+    x = test[:32]
+    mean, _ = model.encoder(x)
+    recon = model.mean_image(mean).numpy()
+    paired = np.concatenate([x.numpy()[:16], recon[:16], x.numpy()[16:32], recon[16:32]])
+    written.append(out_dir / "reconstructions.png")
+    _save_image(plt, _grid(paired, 4, 16), written[-1], "test images (rows 1, 3) and reconstructions from E_q[z] (rows 2, 4)")
+
+    z = torch.randn((64, z_dim), generator=generator)
+    written.append(out_dir / "samples.png")
+    _save_image(plt, _grid(model.mean_image(z).numpy(), 8, 8), written[-1], "E[x|z], z ~ N(0, I)")
+
+    dims = min(z_dim, 10)
+    steps = torch.linspace(-3, 3, 11)
+    z = torch.zeros((dims, len(steps), z_dim))
+    for d in range(dims):
+        z[d, :, d] = steps
+    written.append(out_dir / "traversal.png")
+    _save_image(plt, _grid(model.mean_image(z.reshape(-1, z_dim)).numpy(), dims, len(steps)), written[-1],
+                f"latent traversal: dimension d (row) from −3 to 3, others 0 (first {dims})")
+
+    means = torch.cat([model.encoder(test[i:i + 2000])[0] for i in range(0, len(test), 2000)]).numpy()
+    if z_dim > 2:
+        centred = means - means.mean(0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        points, axis_label = centred @ vt[:2].T, "principal component"
+    else:
+        points, axis_label = means, "z"
+    fig, ax = plt.subplots(figsize=(6.2, 5), dpi=100)
+    labels = splits.test_labels.numpy()
+    for c in range(10):
+        sel = labels == c
+        ax.scatter(points[sel, 0], points[sel, 1], s=2, alpha=0.6, label=FASHION_CLASSES[c] if cfg.data.dataset == "fashion-mnist" else str(c))
+    ax.set_xlabel(f"{axis_label} 1"), ax.set_ylabel(f"{axis_label} 2")
+    ax.legend(markerscale=5, fontsize=7, loc="best")
+    ax.set_title("test latent means E_q[z] by class", fontsize=10)
+    fig.tight_layout()
+    written.append(out_dir / "latent_map.png")
+    fig.savefig(written[-1])
+    plt.close(fig)
+
+    if z_dim == 2:
+        n = 20
+        quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.025, 0.975, n))
+        grid = torch.stack(torch.meshgrid(quantiles, quantiles.flip(0), indexing="xy"), -1).reshape(-1, 2)  # (n², 2), row = z2 high→low
+        written.append(out_dir / "manifold.png")
+        _save_image(plt, _grid(model.mean_image(grid).numpy(), n, n), written[-1],
+                    "decoded manifold: z on a grid of N(0, 1) quantiles (z1 across, z2 down)")
+    log.info("report: %s", ", ".join(p.name for p in written))
+    return written
