@@ -1,0 +1,46 @@
+"""The training CLI: bad arguments end in one clear line and exit code 2, never a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "no-such-model"], "config 'no-such-model' not found"),
+        (["train", "fashion-mnist", "--set", "model.latent_dim=0"], "model.latent_dim must be >= 1"),
+        (["train", "fashion-mnist", "--set", "model.latent_dim=big"], "model.latent_dim must be an integer"),
+        (["train", "fashion-mnist", "--set", "train.optimizer=sgd"], "unknown config key(s): train.optimizer"),
+        (["train", "fashion-mnist", "--set", "epochs"], "must look like section.key=value"),
+        (["train", "fashion-mnist", "--set", "model.likelihood='poisson'"], "model.likelihood must be"),
+        (["train", "fashion-mnist", "--device", "tpu"], "train.device must be"),
+        (["train", "fashion-mnist", "--data-dir", "/nonexistent"], "missing /nonexistent/train-images"),
+        (["evaluate", "fashion-mnist", "--runs-dir", "/nonexistent"], "not found: run `python -m training train"),
+        (["export", "fashion-mnist", "--runs-dir", "/nonexistent"], "train first"),
+    ],
+)
+def test_bad_arguments_give_clear_errors(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_command_and_missing_config_are_argparse_errors():
+    result = run_cli("bake", "fashion-mnist")
+    assert result.returncode == 2 and "invalid choice: 'bake'" in result.stderr
+    result = run_cli("train")
+    assert result.returncode == 2 and "config" in result.stderr
+
+
+def test_help_lists_the_commands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("train", "evaluate", "report", "export", "fit"):
+        assert command in result.stdout

@@ -1,0 +1,79 @@
+"""Export: ONNX graphs agree with torch, the manifest describes them, K and B stay dynamic."""
+
+import hashlib
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from training import export, train
+from training.config import Config
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from training.config import load_config
+    from tests.training.conftest import TINY
+
+    tmp = tmp_path_factory.mktemp("export")
+    cfg = load_config("fashion-mnist", [*TINY, "train.epochs=1"])
+    best = train.fit(cfg, tmp / "run", progress=False)
+    _, model, _ = train.load_checkpoint(best)
+    metrics = train.evaluate(cfg, model, train.load_data(cfg), progress=False)
+    (tmp / "run" / "eval.json").write_text(json.dumps(metrics))
+    manifest = export.export_model(tmp / "run", tmp / "model", command="pytest")
+    return tmp / "model", manifest, cfg
+
+
+def _session(model_dir, name):
+    return ort.InferenceSession(str(model_dir / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_manifest_round_trip(exported):
+    model_dir, manifest, cfg = exported
+    on_disk = json.loads((model_dir / "manifest.json").read_text())
+    assert on_disk == manifest
+    assert Config.from_dict(on_disk["config"]) == cfg
+    assert on_disk["latent_dim"] == 4 and on_disk["likelihood"] == "bernoulli" and on_disk["input_shape"] == [28, 28]
+    assert on_disk["metrics"]["iwae_samples"] == 8 and "test_nll" in on_disk["metrics"]
+    for name, graph in on_disk["graphs"].items():
+        path = model_dir / graph["path"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == graph["sha256"]
+        session = _session(model_dir, name)
+        assert [i.name for i in session.get_inputs()] == list(graph["inputs"])
+        assert [o.name for o in session.get_outputs()] == list(graph["outputs"])
+    assert all(p["max_scaled_error"] <= cfg.export.parity_tolerance for p in on_disk["onnx"]["parity"].values())
+
+
+def test_graphs_run_with_dynamic_batch_and_k(exported):
+    model_dir, _, _ = exported
+    rng = np.random.default_rng(0)
+    mean, log_var = _session(model_dir, "encoder").run(None, {"x": rng.random((11, 784), dtype=np.float32)})
+    assert mean.shape == log_var.shape == (11, 4)
+    image, logits = _session(model_dir, "decoder").run(None, {"z": rng.standard_normal((13, 4), dtype=np.float32)})
+    assert image.shape == logits.shape == (13, 784) and image.min() >= 0 and image.max() <= 1
+    x = (rng.random((5, 784)) < 0.5).astype(np.float32)
+    score = _session(model_dir, "score")
+    elbo, recon, kl, ll = score.run(None, {"x": x, "eps": rng.standard_normal((1, 5, 4), dtype=np.float32)})
+    np.testing.assert_array_equal(ll, elbo)  # IWAE with K = 1 is the ELBO
+    np.testing.assert_allclose(elbo, recon - kl, rtol=1e-6)
+    elbo, recon, kl2, ll = score.run(None, {"x": x, "eps": rng.standard_normal((17, 5, 4), dtype=np.float32)})
+    assert np.all(ll >= elbo) and np.allclose(kl2, kl)
+    # the score graph's KL is the closed form from the encoder's outputs
+    m, lv = _session(model_dir, "encoder").run(None, {"x": x})
+    np.testing.assert_allclose(kl, 0.5 * (np.exp(lv) + m ** 2 - 1 - lv).sum(-1), rtol=1e-5)
+
+
+def test_export_fails_above_the_parity_tolerance(tmp_path, exported, monkeypatch):
+    model_dir, _, _ = exported
+    run_dir = model_dir.parent / "run"
+    monkeypatch.setattr(export, "_parity", lambda *a: (1.0, 1.0))
+    with pytest.raises(export.ExportError, match="parity"):
+        export.export_model(run_dir, tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_export_needs_an_evaluation_first(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train first"):
+        export.export_model(tmp_path / "nothing", tmp_path / "out")
