@@ -3,6 +3,7 @@
 - ``encoder.onnx``: x (B, 784) -> mean, log_var (B, Z)
 - ``decoder.onnx``: z (B, Z) -> image (B, 784) = E[x|z], plus the likelihood's parameters
 - ``score.onnx``:   x (B, 784), eps (K, B, Z) -> elbo, reconstruction, kl, log_likelihood (B,)
+- ``reparameterize.onnx``: mean, log_var (B, Z), eps (K, B, Z) -> z (K, B, Z), no weights
 
 The score graph is traced from ``objective.evidence``: the service runs the math, never re-types it.
 """
@@ -68,11 +69,18 @@ class ScoreGraph(nn.Module):
         return tuple(self.model.evidence(x, eps))
 
 
+class ReparameterizeGraph(nn.Module):
+    """No weights: z = μ + σ ⊙ ε from objective.py, so the service samples q(z|x) without re-typing it."""
+
+    def forward(self, mean, log_var, eps):  # (B, Z), (B, Z), (K, B, Z) -> (K, B, Z)
+        return objective.reparameterize(mean, log_var, eps)
+
+
 def graph_specs(model: VAE) -> dict[str, dict]:
-    """Names and shapes of each graph's inputs and outputs (−1: a dynamic axis)."""
+    """Names, shapes (−1: a dynamic axis) and batch axes of each graph's inputs and outputs."""
     z = model.cfg.latent_dim
     second = "logits" if model.cfg.likelihood == "bernoulli" else "log_scale"
-    return {
+    specs = {
         "encoder": {
             "inputs": {"x": [-1, IMAGE_SIZE]},
             "outputs": {"mean": [-1, z], "log_var": [-1, z]},
@@ -83,12 +91,20 @@ def graph_specs(model: VAE) -> dict[str, dict]:
             "outputs": {"image": [-1, IMAGE_SIZE], second: [-1, IMAGE_SIZE]},
             "batch_axes": {"z": 0},
         },
+        "reparameterize": {
+            "inputs": {"mean": [-1, z], "log_var": [-1, z], "eps": [-1, -1, z]},
+            "outputs": {"z": [-1, -1, z]},
+            "batch_axes": {"mean": 0, "log_var": 0, "eps": 1, "z": 1},
+        },
         "score": {
             "inputs": {"x": [-1, IMAGE_SIZE], "eps": [-1, -1, z]},
             "outputs": {name: [-1] for name in objective.Evidence._fields},
             "batch_axes": {"x": 0, "eps": 1},
         },
     }
+    for spec in specs.values():  # every tensor's batch axis, listed: the service splits batches by it
+        spec["batch_axes"] = {name: spec["batch_axes"].get(name, 0) for name in (*spec["inputs"], *spec["outputs"])}
+    return specs
 
 
 def _export_graph(module: nn.Module, example: tuple, spec: dict, path: Path, opset: int) -> None:
@@ -150,12 +166,18 @@ def export_model(run_dir: Path, model_dir: Path, command: str | None = None, par
     examples = {
         "encoder": (EncoderGraph(model), {"x": rng.random((3, IMAGE_SIZE), dtype=np.float32)}),
         "decoder": (DecoderGraph(model), {"z": rng.standard_normal((4, z_dim), dtype=np.float32)}),
+        "reparameterize": (ReparameterizeGraph(), {"mean": rng.standard_normal((5, z_dim), dtype=np.float32),
+                                                   "log_var": rng.standard_normal((5, z_dim), dtype=np.float32),
+                                                   "eps": rng.standard_normal((MAX_K_PARITY, 5, z_dim), dtype=np.float32)}),
         "score": (ScoreGraph(model), {"x": x, "eps": rng.standard_normal((MAX_K_PARITY, 5, z_dim), dtype=np.float32)}),
     }
     # Parity is checked on fresh shapes too, so the dynamic axes are proven, not assumed.
     fresh = {
         "encoder": {"x": rng.random((7, IMAGE_SIZE), dtype=np.float32)},
         "decoder": {"z": rng.standard_normal((9, z_dim), dtype=np.float32)},
+        "reparameterize": {"mean": rng.standard_normal((2, z_dim), dtype=np.float32),
+                           "log_var": rng.standard_normal((2, z_dim), dtype=np.float32),
+                           "eps": rng.standard_normal((4, 2, z_dim), dtype=np.float32)},
         "score": {"x": (rng.random((6, IMAGE_SIZE)) < 0.3).astype(np.float32),
                   "eps": rng.standard_normal((8, 6, z_dim), dtype=np.float32)},
     }

@@ -1,0 +1,56 @@
+"""The app factory: ``create_app(settings)`` wires routes, middleware and the model lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from . import __version__
+from .metrics import Metrics
+from .middleware import BodyLimitMiddleware, MetricsMiddleware
+from .routes import inference, meta
+from .runtime import Registry
+from .settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """A Variational Autoencoder served with onnxruntime and dynamic cross-request batching.
+
+All likelihoods are in **nats**. `/elbo` returns the evidence lower bound, its reconstruction and KL
+terms, the importance-weighted (IWAE) estimate of log p(x), and their gap, which estimates
+KL(q(z|x) ‖ p(z|x)). A low log p(x) marks an input the model finds unlikely (an anomaly score).
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        registry = Registry(settings, metrics)
+        await asyncio.to_thread(registry.load_all)
+        app.state.registry = registry
+        # Warm-up runs in the background: /health/live answers at once, /health/ready turns 200 after.
+        warm_up = asyncio.create_task(asyncio.to_thread(registry.warm_up)) if settings.warmup else None
+        if warm_up is None:
+            registry.ready = True
+        try:
+            yield
+        finally:
+            if warm_up is not None and not warm_up.done():
+                await asyncio.wait([warm_up], timeout=30)
+            await registry.close()
+
+    app = FastAPI(title="vae-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.metrics = metrics
+    app.state.settings = settings
+    app.dependency_overrides[get_settings] = lambda: settings
+    app.include_router(inference.router)
+    app.include_router(meta.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,233 @@
+"""Dynamic cross-request batching: queue requests, coalesce them into one ORT run of at most
+``max_batch_rows`` rows, split the outputs back in order.
+
+The loop is a few small functions (take, concatenate, pad, split) around one worker task, so
+each is tested without HTTP or onnxruntime. The run itself happens in an executor thread: the
+event loop never blocks on ORT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Tensors = dict[str, np.ndarray]
+RunFn = Callable[[Tensors], Tensors]
+
+
+class QueueFull(RuntimeError):
+    """The batcher's queue holds ``max_queue_rows`` already: the caller should shed load (503)."""
+
+
+@dataclass(eq=False)
+class Job:
+    inputs: Tensors
+    rows: int  # size along the batch axis
+    cost: int  # rows × weight: what counts against max_batch_rows (e.g. K × B decoder rows)
+    signature: tuple  # jobs coalesce only with jobs whose non-batch shapes match
+    future: asyncio.Future
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+def signature_of(inputs: Tensors, batch_axes: dict[str, int]) -> tuple:
+    """Every input's shape with the batch axis left out, plus its dtype."""
+    return tuple(
+        (name, tuple(d for i, d in enumerate(a.shape) if i != batch_axes[name]), a.dtype.str)
+        for name, a in sorted(inputs.items())
+    )
+
+
+def take_batch(queue: deque[Job], max_cost: int) -> list[Job]:
+    """The head job, then later jobs of the same signature, in order, while the cost fits."""
+    head = queue[0]
+    batch, cost = [head], head.cost
+    for job in list(queue)[1:]:
+        if job.signature == head.signature and cost + job.cost <= max_cost:
+            batch.append(job)
+            cost += job.cost
+    for job in batch:
+        queue.remove(job)
+    return batch
+
+
+def concatenate(parts: list[Tensors], batch_axes: dict[str, int]) -> Tensors:
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts], axis=batch_axes[name]) for name in parts[0]}
+
+
+def split(outputs: Tensors, sizes: Iterable[int], batch_axes: dict[str, int]) -> list[Tensors]:
+    """Cut each output along its batch axis into consecutive pieces of ``sizes`` rows."""
+    offsets = np.cumsum(list(sizes))[:-1]
+    pieces = {name: np.split(value, offsets, axis=batch_axes.get(name, 0)) for name, value in outputs.items()}
+    return [{name: pieces[name][i] for name in outputs} for i in range(len(offsets) + 1)]
+
+
+def bucket_sizes(limit: int) -> list[int]:
+    """Powers of two below ``limit``, then ``limit``: the shapes a padding batcher produces."""
+    sizes, size = [], 1
+    while size < limit:
+        sizes.append(size)
+        size *= 2
+    return sizes + [limit]
+
+
+def first_rows(value: np.ndarray, rows: int, axis: int) -> np.ndarray:
+    return value[(slice(None),) * axis + (slice(0, rows),)]
+
+
+def pad_rows(inputs: Tensors, rows: int, target: int, batch_axes: dict[str, int]) -> Tensors:
+    """Zero-pad every input along its batch axis from ``rows`` to ``target`` rows."""
+    if target == rows:
+        return inputs
+    padded = {}
+    for name, value in inputs.items():
+        widths = [(0, 0)] * value.ndim
+        widths[batch_axes[name]] = (0, target - rows)
+        padded[name] = np.pad(value, widths)
+    return padded
+
+
+class BatchObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def batch(self, rows: int, jobs: int) -> None: ...
+
+    def queue_depth(self, rows: int) -> None: ...
+
+    def queue_wait(self, seconds: float) -> None: ...
+
+
+class Batcher:
+    """One per (model, graph). ``await submit(inputs)`` returns that request's slice of a batched run."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        batch_axes: dict[str, int],
+        max_batch_rows: int,
+        max_delay_s: float = 0.0,
+        max_queue_rows: int = 1 << 16,
+        executor: Executor | None = None,
+        pad_to_buckets: bool = False,
+        observer: BatchObserver | None = None,
+        name: str = "batcher",
+    ):
+        self.run, self.batch_axes, self.max_batch_rows = run, batch_axes, max_batch_rows
+        self.max_delay_s, self.max_queue_rows = max_delay_s, max_queue_rows
+        self.executor, self.pad_to_buckets, self.name = executor, pad_to_buckets, name
+        self.observer = observer or BatchObserver()
+        self.queue: deque[Job] = deque()
+        self.queued_cost = 0
+        self.runs = 0  # ORT runs made: what batching saves
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task | None = None
+
+    def rows_of(self, inputs: Tensors) -> int:
+        name = next(iter(inputs))
+        return inputs[name].shape[self.batch_axes[name]]
+
+    def chunk_rows(self, weight: int) -> int:
+        return max(1, self.max_batch_rows // max(1, weight))
+
+    def padded_rows(self, rows: int, weight: int = 1) -> int:
+        """The bucket a batch of ``rows`` runs as: itself, or with padding the next bucket size."""
+        if not self.pad_to_buckets:
+            return rows
+        return next(size for size in bucket_sizes(self.chunk_rows(weight)) if size >= rows)
+
+    async def submit(self, inputs: Tensors, weight: int = 1) -> Tensors:
+        """Queue ``inputs`` (each row costs ``weight``); requests above the limit run in chunks."""
+        rows, chunk = self.rows_of(inputs), self.chunk_rows(weight)
+        if rows <= chunk:
+            return await self._submit_one(inputs, rows, weight)
+        starts = range(0, rows, chunk)
+        parts = [{n: np.take(a, np.arange(s, min(s + chunk, rows)), axis=self.batch_axes[n]) for n, a in inputs.items()}
+                 for s in starts]
+        results = await asyncio.gather(*(self._submit_one(p, self.rows_of(p), weight) for p in parts))
+        return concatenate(list(results), self.batch_axes)
+
+    async def _submit_one(self, inputs: Tensors, rows: int, weight: int) -> Tensors:
+        cost = rows * weight
+        if self.queued_cost + cost > self.max_queue_rows:
+            raise QueueFull(f"{self.name}: {self.queued_cost} rows queued (limit {self.max_queue_rows})")
+        job = Job(inputs, rows, cost, signature_of(inputs, self.batch_axes), asyncio.get_running_loop().create_future())
+        self.queue.append(job)
+        self.queued_cost += cost
+        self.observer.queue_depth(self.queued_cost)
+        self._wake.set()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work(), name=f"batcher:{self.name}")
+        return await job.future
+
+    async def _work(self) -> None:
+        while True:
+            if not self.queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._wait_to_fill()
+            jobs = take_batch(self.queue, self.max_batch_rows)
+            self.queued_cost -= sum(j.cost for j in jobs)
+            self.observer.queue_depth(self.queued_cost)
+            jobs = [j for j in jobs if not j.future.done()]  # a cancelled request never reaches ORT
+            if jobs:
+                await self._run(jobs)
+
+    async def _wait_to_fill(self) -> None:
+        """With a max delay: wait until the queue holds a full batch or the head has waited long enough."""
+        if self.max_delay_s <= 0:
+            return
+        deadline = self.queue[0].enqueued_at + self.max_delay_s
+        while self.queued_cost < self.max_batch_rows and (remaining := deadline - time.perf_counter()) > 0:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                break
+
+    async def _run(self, jobs: list[Job]) -> None:
+        now = time.perf_counter()
+        for job in jobs:
+            self.observer.queue_wait(now - job.enqueued_at)
+        rows = sum(j.rows for j in jobs)
+        inputs = concatenate([j.inputs for j in jobs], self.batch_axes)
+        target = self.padded_rows(rows, weight=jobs[0].cost // jobs[0].rows)
+        inputs = pad_rows(inputs, rows, target, self.batch_axes)
+        self.runs += 1
+        self.observer.batch(rows, len(jobs))
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, inputs)
+            if target != rows:
+                outputs = {n: first_rows(v, rows, self.batch_axes.get(n, 0)) for n, v in outputs.items()}
+            pieces = split(outputs, [j.rows for j in jobs], self.batch_axes)
+        except Exception as exc:  # the failure belongs to this run's requests only
+            log.warning("%s: run of %d rows failed: %s", self.name, rows, exc)
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        for job, piece in zip(jobs, pieces):
+            if not job.future.done():
+                job.future.set_result(piece)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        for job in self.queue:
+            if not job.future.done():
+                job.future.set_exception(RuntimeError(f"{self.name} closed"))
+        self.queue.clear()

@@ -1,0 +1,81 @@
+"""Read a model's manifest.json and check its files (no torch: this is the serving side)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+REQUIRED_GRAPHS = ("encoder", "decoder", "score", "reparameterize")
+
+
+class ManifestError(ValueError):
+    """A model that cannot be served; the message says which file and why."""
+
+
+class GraphSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    path: str
+    sha256: str
+    inputs: dict[str, list[int]]
+    outputs: dict[str, list[int]]
+    batch_axes: dict[str, int]
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    version: str
+    latent_dim: int
+    likelihood: str
+    input_shape: list[int]
+    graphs: dict[str, GraphSpec]
+    metrics: dict[str, Any] = {}
+    sigma: float | None = None
+    architecture: str | None = None
+    created_at: str | None = None
+    dataset: dict[str, Any] = {}
+
+    def summary(self) -> dict[str, Any]:
+        """What /models shows: everything but the bulky training config."""
+        data = self.model_dump()
+        data.pop("config", None)
+        return data
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(model_dir: Path) -> Manifest:
+    """Parse ``model_dir/manifest.json`` and verify every graph file's sha256."""
+    path = model_dir / "manifest.json"
+    try:
+        manifest = Manifest.model_validate(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: not found") from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: invalid JSON ({exc})") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ManifestError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    missing = [g for g in REQUIRED_GRAPHS if g not in manifest.graphs]
+    if missing:
+        raise ManifestError(f"{path}: graphs missing: {', '.join(missing)} (re-export with `python -m training export`)")
+    if manifest.input_shape != [28, 28]:
+        raise ManifestError(f"{path}: input_shape {manifest.input_shape} is not [28, 28]")
+    for name, graph in manifest.graphs.items():
+        file = model_dir / graph.path
+        if not file.is_file():
+            raise ManifestError(f"{file}: {name} graph file not found")
+        actual = sha256_of(file)
+        if actual != graph.sha256:
+            raise ManifestError(f"{file}: sha256 {actual[:12]}… does not match the manifest's {graph.sha256[:12]}…")
+    return manifest

@@ -1,0 +1,55 @@
+"""GET /models, /models/{name}, /health/live, /health/ready, /metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..deps import RegistryDep
+from ..runtime import ModelRuntime, Registry
+
+router = APIRouter()
+
+
+def describe(model: ModelRuntime, registry: Registry) -> dict:
+    return {
+        **model.manifest.summary(),
+        "status": "available",
+        "provider": model.provider,
+        "default": model.name == registry.default_model,
+    }
+
+
+@router.get("/models", tags=["models"], summary="every model: manifest metadata, metrics, provider in use")
+def list_models(registry: RegistryDep) -> dict:
+    served = [describe(m, registry) for m in registry.models.values()]
+    refused = [{"name": name, "status": "unavailable", "reason": reason} for name, reason in registry.refused.items()]
+    return {"default": registry.default_model, "models": served + refused}
+
+
+@router.get("/models/{name}", tags=["models"], summary="one model's manifest metadata")
+def get_model(name: str, registry: RegistryDep) -> dict:
+    if name in registry.models:
+        return describe(registry.models[name], registry)
+    if name in registry.refused:
+        return JSONResponse({"name": name, "status": "unavailable", "reason": registry.refused[name]}, status_code=503)
+    raise HTTPException(404, f"unknown model {name!r}; available: {', '.join(sorted(registry.models)) or 'none'}")
+
+
+@router.get("/health/live", tags=["health"], summary="the process is up")
+def live() -> dict:
+    return {"status": "live"}
+
+
+@router.get("/health/ready", tags=["health"], summary="200 once models are loaded and warmed up, else 503")
+def ready(registry: RegistryDep):
+    if registry.ready and registry.models:
+        return {"status": "ready", "models": sorted(registry.models)}
+    status = "warming up" if registry.models else "no models loaded"
+    return JSONResponse({"status": status}, status_code=503)
+
+
+@router.get("/metrics", tags=["health"], summary="Prometheus metrics")
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

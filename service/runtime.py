@@ -1,0 +1,195 @@
+"""onnxruntime sessions for every model in the model dir, their batchers, and the warm-up.
+
+Providers: CUDA first when it really works here, then CPU; the provider each session ended up
+on is logged and reported in /models. A model that fails to load is refused with one log line;
+the others are served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .batcher import Batcher, Tensors, bucket_sizes
+from .manifest import REQUIRED_GRAPHS, Manifest, ManifestError, load_manifest
+from .metrics import Metrics
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+# HEURISTIC: no multi-second cuDNN benchmark on each new input shape.
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+
+
+@contextmanager
+def quiet_ort():
+    """ORT prints a banner when the CUDA provider's libraries are missing; we log one line instead."""
+    ort.set_default_logger_severity(4)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+def requested_providers(settings: Settings) -> list[str]:
+    available = ort.get_available_providers()
+    wanted = settings.provider_list or ([CUDA, CPU] if CUDA in available else [CPU])
+    unknown = [p for p in wanted if p not in available]
+    if unknown:
+        log.warning("providers %s are not in this onnxruntime build (available: %s); skipped", unknown, available)
+    return [p for p in wanted if p in available] or [CPU]
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.ort_intra_op_threads
+    options.inter_op_num_threads = settings.ort_inter_op_threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def open_session(path: Path, providers: list[str], options: ort.SessionOptions) -> ort.InferenceSession:
+    with quiet_ort():
+        return ort.InferenceSession(
+            str(path), sess_options=options,
+            providers=[(p, CUDA_OPTIONS) if p == CUDA else p for p in providers],
+        )
+
+
+@dataclass
+class ModelRuntime:
+    """One model: its manifest, an ORT session and a batcher per graph."""
+
+    name: str
+    manifest: Manifest
+    sessions: dict[str, ort.InferenceSession]
+    provider: str
+    batchers: dict[str, Batcher] = field(default_factory=dict)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.manifest.latent_dim
+
+    def run_graph(self, graph: str, inputs: Tensors) -> Tensors:
+        """Synchronous ORT run (called from the batcher's executor thread)."""
+        session = self.sessions[graph]
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, inputs)))
+
+    async def encode(self, x: np.ndarray) -> Tensors:  # (B, 784) -> mean, log_var (B, Z)
+        return await self.batchers["encoder"].submit({"x": x})
+
+    async def decode(self, z: np.ndarray) -> Tensors:  # (B, Z) -> image (B, 784), ...
+        return await self.batchers["decoder"].submit({"z": z})
+
+    async def reparameterize(self, mean: np.ndarray, log_var: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        out = await self.batchers["reparameterize"].submit({"mean": mean, "log_var": log_var, "eps": eps}, weight=eps.shape[0])
+        return out["z"]  # (K, B, Z)
+
+    async def score(self, x: np.ndarray, eps: np.ndarray) -> Tensors:  # (B, 784), (K, B, Z) -> 4 × (B,)
+        return await self.batchers["score"].submit({"x": x, "eps": eps}, weight=eps.shape[0])
+
+    def warm_up(self) -> int:
+        """Run every graph once per batch shape its batcher can produce; returns the runs made."""
+        z = self.latent_dim
+        makers = {
+            "encoder": lambda b: {"x": np.zeros((b, 784), np.float32)},
+            "decoder": lambda b: {"z": np.zeros((b, z), np.float32)},
+            "reparameterize": lambda b: {"mean": np.zeros((b, z), np.float32), "log_var": np.zeros((b, z), np.float32),
+                                         "eps": np.zeros((1, b, z), np.float32)},
+            "score": lambda b: {"x": np.zeros((b, 784), np.float32), "eps": np.zeros((1, b, z), np.float32)},
+        }
+        runs = 0
+        for graph, make in makers.items():
+            for rows in bucket_sizes(self.batchers[graph].max_batch_rows):
+                self.run_graph(graph, make(rows))
+                runs += 1
+        return runs
+
+
+class Registry:
+    """Every servable model by name, the ones refused and why, and the readiness flag."""
+
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings, self.metrics = settings, metrics
+        self.models: dict[str, ModelRuntime] = {}
+        self.refused: dict[str, str] = {}
+        self.ready = False
+        self.executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="ort")
+
+    @property
+    def default_model(self) -> str:
+        return self.settings.default_model
+
+    def load_all(self) -> None:
+        root = self.settings.model_dir
+        manifests = sorted(root.glob("*/manifest.json")) if root.is_dir() else []
+        if not manifests:
+            log.error("no models found: %s has no */manifest.json", root.resolve())
+        providers = requested_providers(self.settings)
+        for path in manifests:
+            name = path.parent.name
+            try:
+                self.models[name] = self._load(path.parent, providers)
+            except Exception as exc:  # any failure refuses this model only; the others still serve
+                reason = str(exc).splitlines()[0]
+                self.refused[name] = reason
+                log.error("model %s refused: %s", name, reason)
+        if self.default_model not in self.models:
+            log.warning("default model %r is not being served (served: %s)", self.default_model, sorted(self.models))
+
+    def _load(self, model_dir: Path, providers: list[str]) -> ModelRuntime:
+        started = time.perf_counter()
+        manifest = load_manifest(model_dir)
+        options = session_options(self.settings)
+        sessions = {}
+        for graph in REQUIRED_GRAPHS:
+            spec = manifest.graphs[graph]
+            session = open_session(model_dir / spec.path, providers, options)
+            names = [i.name for i in session.get_inputs()]
+            if names != list(spec.inputs):
+                raise ManifestError(f"{model_dir / spec.path}: inputs {names} do not match the manifest's {list(spec.inputs)}")
+            sessions[graph] = session
+        actual = sessions["decoder"].get_providers()[0]
+        if CUDA in providers and actual != CUDA:
+            log.warning("model %s: CUDA provider unavailable here (onnxruntime-gpu needs CUDA 13 + cuDNN 9); using %s",
+                        manifest.name, actual)
+        runtime = ModelRuntime(model_dir.name, manifest, sessions, actual)
+        pad = self.settings.pad_batches == "true" or (self.settings.pad_batches == "auto" and actual == CUDA)
+        for graph in REQUIRED_GRAPHS:
+            runtime.batchers[graph] = Batcher(
+                run=lambda inputs, g=graph: runtime.run_graph(g, inputs),
+                batch_axes=manifest.graphs[graph].batch_axes,
+                max_batch_rows=self.settings.max_batch_rows,
+                max_delay_s=self.settings.max_delay_ms / 1000.0,
+                max_queue_rows=self.settings.max_queue_rows,
+                executor=self.executor,
+                pad_to_buckets=pad,
+                observer=self.metrics.observer(model_dir.name, graph),
+                name=f"{model_dir.name}/{graph}",
+            )
+        log.info("model %s v%s loaded on %s (latent_dim=%d, likelihood=%s) in %.2fs", runtime.name, manifest.version,
+                 actual, manifest.latent_dim, manifest.likelihood, time.perf_counter() - started)
+        return runtime
+
+    def warm_up(self) -> None:
+        started = time.perf_counter()
+        runs = sum(model.warm_up() for model in self.models.values())
+        self.ready = True
+        log.info("warm-up done: %d runs over %d models in %.2fs; ready", runs, len(self.models), time.perf_counter() - started)
+
+    async def close(self) -> None:
+        for model in self.models.values():
+            await asyncio.gather(*(b.close() for b in model.batchers.values()))
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,45 @@
+"""Service settings from the environment (prefix ``VAE_``), injected with ``Depends(get_settings)``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VAE_", protected_namespaces=("settings_",))
+
+    model_dir: Path = Field(Path("models"), description="folder of models/<name>/manifest.json")
+    default_model: str = Field("fashion-mnist", description="model used when a request names none")
+    providers: str = Field("auto", description="'auto' (CUDA if it works, then CPU) or a comma list of ORT providers")
+    max_batch_rows: int = Field(256, ge=1, description="rows per ORT run; larger requests run in chunks")
+    max_delay_ms: float = Field(0.0, ge=0, description="wait up to this long for a batch to fill (0: greedy)")
+    max_queue_rows: int = Field(65536, ge=1, description="rows waiting per batcher before requests get 503")
+    pad_batches: Literal["auto", "true", "false"] = Field(
+        "auto", description="pad batches to power-of-two buckets (auto: on CUDA, where new shapes are costly)")
+    ort_intra_op_threads: int = Field(0, ge=0, description="ORT intra-op threads per session (0: ORT's default)")
+    ort_inter_op_threads: int = Field(1, ge=0, description="ORT inter-op threads per session")
+    max_request_rows: int = Field(1024, ge=1, description="images / latents / n per request")
+    max_samples: int = Field(1000, ge=1, description="samples (K) per request for /encode and /elbo")
+    max_elbo_work: int = Field(262144, ge=1, description="K × rows per /elbo request (bounds memory)")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="request bodies above this get 413")
+    warmup: bool = Field(True, description="run every batch shape once before /health/ready turns 200")
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(8000, ge=0, le=65535, description="bind port")
+    log_level: str = Field("info", description="logging level")
+
+    @property
+    def provider_list(self) -> list[str] | None:
+        """None for automatic selection, else the providers in the order given."""
+        if self.providers.strip().lower() == "auto":
+            return None
+        return [p.strip() for p in self.providers.split(",") if p.strip()]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

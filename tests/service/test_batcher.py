@@ -1,0 +1,252 @@
+"""The dynamic batcher with a fake runtime: no HTTP, no onnxruntime."""
+
+import asyncio
+import threading
+import time
+from collections import deque
+
+import numpy as np
+import pytest
+
+from service.batcher import Batcher, Job, QueueFull, bucket_sizes, signature_of, split, take_batch
+
+AXES = {"x": 0, "y": 0}
+
+
+class FakeRuntime:
+    """y = 3x + 1 row by row; records the rows of every run; optionally slow or poisoned."""
+
+    def __init__(self, delay=0.0, poison=None):
+        self.delay, self.poison = delay, poison
+        self.runs: list[int] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, inputs):
+        x = inputs["x"]
+        with self.lock:
+            self.runs.append(len(x))
+        if self.delay:
+            time.sleep(self.delay)
+        if self.poison is not None and np.any(x == self.poison):
+            raise ValueError("poisoned batch")
+        return {"y": 3 * x + 1}
+
+
+def request(i, rows=1, width=4):
+    return {"x": np.full((rows, width), float(i), dtype=np.float32) + np.arange(rows, dtype=np.float32)[:, None]}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_are_coalesced_and_match_unbatched_results():
+    runtime = FakeRuntime(delay=0.01)
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=64)
+        reqs = [request(i, rows=1 + i % 3) for i in range(40)]
+        results = await asyncio.gather(*(batcher.submit(r) for r in reqs))
+        await batcher.close()
+        return reqs, results
+
+    reqs, results = run(main())
+    assert len(runtime.runs) < 40
+    assert sum(runtime.runs) == sum(len(r["x"]) for r in reqs)
+    for req, res in zip(reqs, results):  # in order, each request gets exactly its own rows
+        np.testing.assert_array_equal(res["y"], 3 * req["x"] + 1)
+
+
+def test_greedy_batcher_runs_at_once_when_idle():
+    runtime = FakeRuntime()
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=64)
+        for i in range(3):  # one at a time: nothing to wait for, so three runs of one row
+            await batcher.submit(request(i))
+        await batcher.close()
+
+    run(main())
+    assert runtime.runs == [1, 1, 1]
+
+
+def test_rows_not_requests_are_counted_against_the_limit():
+    runtime = FakeRuntime(delay=0.005)
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=8)
+        await asyncio.gather(*(batcher.submit(request(i, rows=3)) for i in range(6)))
+        await batcher.close()
+
+    run(main())
+    assert max(runtime.runs) <= 8 and sum(runtime.runs) == 18
+    assert runtime.runs == [6, 6, 6]
+
+
+def test_a_request_over_the_limit_runs_in_chunks():
+    runtime = FakeRuntime()
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=4)
+        req = request(0, rows=10)
+        return req, await batcher.submit(req)
+
+    req, res = run(main())
+    assert runtime.runs == [4, 4, 2]
+    np.testing.assert_array_equal(res["y"], 3 * req["x"] + 1)
+
+
+def test_weighted_rows_chunk_by_cost():
+    runtime = FakeRuntime()
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=64)
+        return await batcher.submit(request(0, rows=10), weight=16)  # K = 16: 4 rows per run
+
+    res = run(main())
+    assert runtime.runs == [4, 4, 2] and res["y"].shape == (10, 4)
+
+
+def test_an_exception_fails_only_the_requests_of_that_run():
+    runtime = FakeRuntime(poison=2.0)
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=2)
+        # Queued together before the worker starts: runs are [0, 1], [2, 3], [4, 5].
+        results = await asyncio.gather(*(batcher.submit(request(i)) for i in range(6)), return_exceptions=True)
+        await batcher.close()
+        return results
+
+    results = run(main())
+    assert runtime.runs == [2, 2, 2]
+    assert [isinstance(r, ValueError) for r in results] == [False, False, True, True, False, False]
+    np.testing.assert_array_equal(results[5]["y"], 3 * request(5)["x"] + 1)
+
+
+def test_max_delay_waits_for_a_fuller_batch():
+    runtime = FakeRuntime()
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=64, max_delay_s=0.2)
+
+        async def later(i):
+            await asyncio.sleep(0.01 * i)
+            return await batcher.submit(request(i))
+
+        await asyncio.gather(*(later(i) for i in range(5)))
+        await batcher.close()
+
+    run(main())
+    assert runtime.runs == [5]
+
+
+def test_max_delay_stops_waiting_when_the_batch_is_full():
+    runtime = FakeRuntime()
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=4, max_delay_s=5.0)
+        started = time.perf_counter()
+        await asyncio.gather(*(batcher.submit(request(i)) for i in range(4)))
+        await batcher.close()
+        return time.perf_counter() - started
+
+    assert run(main()) < 2.0
+    assert runtime.runs == [4]
+
+
+def test_requests_with_other_non_batch_shapes_are_not_mixed():
+    runtime = FakeRuntime(delay=0.01)
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=64)
+        reqs = [request(i, width=4 if i % 2 else 6) for i in range(6)]
+        results = await asyncio.gather(*(batcher.submit(r) for r in reqs))
+        await batcher.close()
+        return reqs, results
+
+    reqs, results = run(main())
+    assert sorted(runtime.runs) == [3, 3]
+    for req, res in zip(reqs, results):
+        np.testing.assert_array_equal(res["y"], 3 * req["x"] + 1)
+
+
+def test_a_full_queue_refuses_new_work():
+    runtime = FakeRuntime(delay=0.05)
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=2, max_queue_rows=4)
+        results = await asyncio.gather(*(batcher.submit(request(i, rows=2)) for i in range(4)), return_exceptions=True)
+        await batcher.close()
+        return results
+
+    results = run(main())
+    assert [type(r).__name__ for r in results] == ["dict", "dict", "QueueFull", "QueueFull"]
+
+
+def test_a_cancelled_request_never_reaches_the_runtime():
+    runtime = FakeRuntime(delay=0.05)
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=1)
+        first = asyncio.create_task(batcher.submit(request(0)))
+        second = asyncio.create_task(batcher.submit(request(7)))
+        await asyncio.sleep(0.01)  # the first is running, the second queued
+        second.cancel()
+        await first
+        await asyncio.sleep(0.1)
+        await batcher.close()
+
+    run(main())
+    assert runtime.runs == [1]
+
+
+def test_padding_runs_bucket_shapes_and_trims_the_outputs():
+    seen = []
+
+    def runtime(inputs):
+        seen.append(inputs["x"].shape[0])
+        return {"y": inputs["x"] * 2}
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=16, pad_to_buckets=True)
+        reqs = [request(i, rows=r) for i, r in enumerate((3, 2))]
+        results = await asyncio.gather(*(batcher.submit(r) for r in reqs))
+        alone = await batcher.submit(request(9, rows=9))
+        return reqs, results, alone
+
+    reqs, results, alone = run(main())
+    assert seen == [8, 16]
+    for req, res in zip(reqs, results):
+        np.testing.assert_array_equal(res["y"], req["x"] * 2)
+    assert alone["y"].shape == (9, 4)
+
+
+def test_batch_axis_other_than_zero():
+    def runtime(inputs):  # eps (K, B, Z) batched on axis 1, x (B, D) on axis 0
+        return {"total": inputs["eps"].sum(axis=(0, 2)) + inputs["x"].sum(axis=1)}
+
+    async def main():
+        batcher = Batcher(runtime, {"x": 0, "eps": 1, "total": 0}, max_batch_rows=64)
+        reqs = [{"x": np.full((b, 3), i, np.float32), "eps": np.ones((2, b, 5), np.float32)} for i, b in enumerate((1, 2, 3))]
+        return reqs, await asyncio.gather(*(batcher.submit(r, weight=2) for r in reqs))
+
+    reqs, results = run(main())
+    for req, res in zip(reqs, results):
+        np.testing.assert_array_equal(res["total"], np.full(len(req["x"]), 10 + 3 * req["x"][0, 0]))
+
+
+def test_small_pieces():
+    assert bucket_sizes(1) == [1] and bucket_sizes(8) == [1, 2, 4, 8] and bucket_sizes(12) == [1, 2, 4, 8, 12]
+    parts = split({"a": np.arange(6), "b": np.arange(12).reshape(2, 6)}, [1, 2, 3], {"a": 0, "b": 1})
+    assert [p["a"].tolist() for p in parts] == [[0], [1, 2], [3, 4, 5]]
+    assert parts[2]["b"].tolist() == [[3, 4, 5], [9, 10, 11]]
+    loop = asyncio.new_event_loop()
+
+    def job(width, rows):
+        inputs = {"x": np.zeros((rows, width))}
+        return Job(inputs, rows, rows, signature_of(inputs, {"x": 0}), loop.create_future())
+
+    queue = deque([job(4, 2), job(5, 1), job(4, 3), job(4, 2)])
+    first = take_batch(queue, max_cost=5)
+    assert [j.rows for j in first] == [2, 3] and [j.rows for j in queue] == [1, 2]
+    loop.close()
