@@ -1,0 +1,94 @@
+"""Client mistakes get a 4xx that names the field: never a 500."""
+
+import json
+
+import pytest
+
+GOOD = [[0.0] * 784]
+
+
+def detail_text(response):
+    return json.dumps(response.json()["detail"])
+
+
+@pytest.mark.parametrize(
+    "path, body, field, message",
+    [
+        ("/encode", {"inputs": [[0.5] * 783]}, "inputs", "expected 784 numbers or 28 rows of 28, got shape [783]"),
+        ("/encode", {"inputs": [[[0.5] * 28] * 27]}, "inputs", "got shape [27, 28]"),
+        ("/encode", {"inputs": [[[0.5] * 28] * 27 + [[0.5] * 27]]}, "inputs", "rows of unequal length"),
+        ("/encode", {"inputs": [[1.5] * 784]}, "inputs", "outside [0, 1]"),
+        ("/encode", {"inputs": [[-0.1] + [0.0] * 783]}, "inputs", "outside [0, 1]"),
+        ("/encode", {"inputs": []}, "inputs", "at least 1"),
+        ("/encode", {"inputs": [["a"] * 784]}, "inputs", "valid number"),
+        ("/encode", {"inputs": GOOD, "samples": 501}, "samples", "over this server's limit of 500"),
+        ("/encode", {"inputs": GOOD, "samples": -1}, "samples", "greater than or equal to 0"),
+        ("/encode", {"inputs": GOOD * 257}, "inputs", "over this server's limit of 256"),
+        ("/encode", {"inputs": GOOD, "colour": "red"}, "colour", "Extra inputs are not permitted"),
+        ("/decode", {"latents": [[0.0] * 3]}, "latents", "expected 32 numbers (the model's latent_dim), got 3"),
+        ("/decode", {"latents": [[0.0] * 32], "format": "gif"}, "format", "'array' or 'png'"),
+        ("/decode", {"latents": [[0.0] * 32] * 257}, "latents", "limit of 256"),
+        ("/sample", {"n": 0}, "n", "greater than or equal to 1"),
+        ("/sample", {"n": 257}, "n", "limit of 256"),
+        ("/sample", {"n": 1, "temperature": 0}, "temperature", "greater than 0"),
+        ("/sample", {"n": 1, "seed": -5}, "seed", "greater than or equal to 0"),
+        ("/sample", {"n": "many"}, "n", "valid integer"),
+        ("/elbo", {"inputs": GOOD, "samples": 0}, "samples", "greater than or equal to 1"),
+        ("/elbo", {"inputs": GOOD, "samples": 501}, "samples", "limit of 500"),
+        ("/elbo", {"inputs": [[0.5] * 10]}, "inputs", "expected 784 numbers"),
+    ],
+)
+def test_bad_requests_are_422_naming_the_field(client, path, body, field, message):
+    response = client.post(path, json=body)
+    assert response.status_code == 422, response.text
+    text = detail_text(response)
+    assert field in text and message in text, text
+
+
+@pytest.mark.parametrize("path", ["/encode", "/elbo"])
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_are_rejected(client, path, token):
+    body = '{"inputs": [[' + ", ".join([token] + ["0.5"] * 783) + "]]}"
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert "inputs" in detail_text(response)
+
+
+def test_non_finite_latents_are_rejected(client):
+    body = '{"latents": [[NaN' + ", 0.0" * 31 + "]]}"
+    response = client.post("/decode", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "non-finite" in detail_text(response)
+
+
+def test_malformed_json_is_422(client):
+    response = client.post("/sample", content=b'{"n": 3,', headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "JSON" in detail_text(response)
+
+
+def test_unknown_model_is_404(client):
+    for path, body in (("/sample", {"n": 1}), ("/encode", {"inputs": GOOD}), ("/decode", {"latents": [[0.0]]}), ("/elbo", {"inputs": GOOD})):
+        response = client.post(path, json={**body, "model": "no-such-model"})
+        assert response.status_code == 404 and "no-such-model" in response.json()["detail"]
+
+
+def test_oversized_body_is_413(client):
+    big = b'{"inputs": [' + b",".join([b"[" + b",".join([b"0.123456"] * 784) + b"]"] * 1000) + b"]}"
+    assert len(big) > 4 * 1024 * 1024
+    response = client.post("/encode", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "too large" in response.json()["detail"]
+
+
+def test_oversized_chunked_body_is_413(client):
+    def chunks():
+        yield b'{"inputs": ['
+        for _ in range(1000):
+            yield b"[" + b",".join([b"0.123456"] * 784) + b"],"
+        yield b"[0]]}"
+
+    response = client.post("/encode", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_wrong_method_and_path(client):
+    assert client.get("/sample").status_code == 405
+    assert client.post("/nope", json={}).status_code == 404

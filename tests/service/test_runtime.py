@@ -1,0 +1,109 @@
+"""Loading models: sha256 checks, refusing broken models while serving the rest, providers."""
+
+import asyncio
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.manifest import ManifestError, load_manifest, sha256_of
+from service.metrics import Metrics
+from service.runtime import CPU, Registry, requested_providers
+from service.settings import Settings
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models"
+SOURCE = "fashion-mnist-2d"  # the smallest shipped model
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """A model dir with one good copy and three broken copies of a shipped model."""
+    for name in ("good", "bad-hash", "bad-onnx", "no-manifest", "bad-inputs"):
+        shutil.copytree(SHIPPED / SOURCE, tmp_path / name)
+    with (tmp_path / "bad-hash" / "decoder.onnx").open("ab") as f:
+        f.write(b"\0")  # one extra byte: the sha256 no longer matches
+    truncated = tmp_path / "bad-onnx" / "encoder.onnx"
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    manifest = json.loads((tmp_path / "bad-onnx" / "manifest.json").read_text())
+    manifest["graphs"]["encoder"]["sha256"] = sha256_of(truncated)  # hash fine, ONNX malformed
+    (tmp_path / "bad-onnx" / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "no-manifest" / "manifest.json").write_text("{not json")
+    manifest = json.loads((tmp_path / "bad-inputs" / "manifest.json").read_text())
+    manifest["graphs"]["decoder"]["inputs"] = {"latent": [-1, 2]}
+    (tmp_path / "bad-inputs" / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path
+
+
+def test_broken_models_are_refused_and_the_rest_served(model_dir, caplog):
+    registry = Registry(Settings(model_dir=model_dir, default_model="good"), Metrics())
+    with caplog.at_level(logging.ERROR, logger="service.runtime"):
+        registry.load_all()
+    assert sorted(registry.models) == ["good"]
+    assert set(registry.refused) == {"bad-hash", "bad-onnx", "no-manifest", "bad-inputs"}
+    assert "sha256" in registry.refused["bad-hash"] and "decoder.onnx" in registry.refused["bad-hash"]
+    assert "invalid JSON" in registry.refused["no-manifest"]
+    assert "do not match the manifest" in registry.refused["bad-inputs"]
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 4 and all("\n" not in line for line in refusals)
+    assert registry.models["good"].provider == CPU
+
+
+def test_warm_up_covers_every_bucket_and_sets_ready(model_dir):
+    registry = Registry(Settings(model_dir=model_dir, default_model="good", max_batch_rows=12), Metrics())
+    registry.load_all()
+    assert not registry.ready
+    registry.warm_up()
+    assert registry.ready
+    model = registry.models["good"]
+    assert model.warm_up() == 4 * 5  # 4 graphs × buckets 1, 2, 4, 8, 12
+
+
+def test_runtime_runs_the_graphs_through_the_batchers(model_dir):
+    registry = Registry(Settings(model_dir=model_dir, default_model="good"), Metrics())
+    registry.load_all()
+    model = registry.models["good"]
+
+    async def main():
+        x = (np.random.default_rng(0).random((5, 784)) < 0.3).astype(np.float32)
+        encoded = await model.encode(x)
+        eps = np.zeros((1, 5, 2), np.float32)
+        z = await model.reparameterize(encoded["mean"], encoded["log_var"], eps)
+        scores = await model.score(x, eps)
+        image = (await model.decode(encoded["mean"]))["image"]
+        await registry.close()
+        return encoded, z, scores, image
+
+    encoded, z, scores, image = asyncio.run(main())
+    np.testing.assert_array_equal(z[0], encoded["mean"])  # ε = 0: z = μ
+    assert image.shape == (5, 784) and scores["elbo"].shape == (5,)
+    np.testing.assert_array_equal(scores["log_likelihood"], scores["elbo"])
+
+
+def test_manifest_errors_name_the_file(tmp_path):
+    with pytest.raises(ManifestError, match="manifest.json: not found"):
+        load_manifest(tmp_path)
+    shutil.copytree(SHIPPED / SOURCE, tmp_path / "m")
+    (tmp_path / "m" / "score.onnx").unlink()
+    with pytest.raises(ManifestError, match="score graph file not found"):
+        load_manifest(tmp_path / "m")
+
+
+def test_providers_auto_and_explicit():
+    assert requested_providers(Settings(providers="auto"))[-1] == CPU
+    assert requested_providers(Settings(providers="CPUExecutionProvider")) == [CPU]
+    assert requested_providers(Settings(providers="NoSuchProvider")) == [CPU]
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("VAE_MAX_BATCH_ROWS", "64")
+    monkeypatch.setenv("VAE_PROVIDERS", "CUDAExecutionProvider, CPUExecutionProvider")
+    monkeypatch.setenv("VAE_MODEL_DIR", "/srv/models")
+    settings = Settings()
+    assert settings.max_batch_rows == 64 and str(settings.model_dir) == "/srv/models"
+    assert settings.provider_list == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setenv("VAE_MAX_BATCH_ROWS", "0")
+    with pytest.raises(ValueError, match="max_batch_rows"):
+        Settings()
