@@ -116,7 +116,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     kwargs = {}
     for name, value in raw.items():
         f = known[name]
-        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+        if dataclasses.is_dataclass(f.default_factory):  # a nested section
             if not isinstance(value, dict):
                 raise ConfigError(f"{prefix}{name} must be a table")
             kwargs[name] = _build(f.default_factory, value, f"{prefix}{name}.")
@@ -127,7 +127,6 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
 
 def _coerce(value: Any, f: dataclasses.Field, key: str) -> Any:
     """Check a value against the field's type; lists become tuples so the config stays hashable."""
-    default = f.default
     annotation = str(f.type)
     if value is None:
         if "None" in annotation:
@@ -153,7 +152,6 @@ def _coerce(value: Any, f: dataclasses.Field, key: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return value
-    del default
     return value
 
 

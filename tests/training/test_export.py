@@ -65,6 +65,15 @@ def test_graphs_run_with_dynamic_batch_and_k(exported):
     np.testing.assert_allclose(kl, 0.5 * (np.exp(lv) + m ** 2 - 1 - lv).sum(-1), rtol=1e-5)
 
 
+def test_reparameterize_graph_is_the_objectives(exported):
+    model_dir, _, _ = exported
+    rng = np.random.default_rng(1)
+    mean, log_var = rng.standard_normal((3, 4), dtype=np.float32), rng.standard_normal((3, 4), dtype=np.float32)
+    eps = rng.standard_normal((5, 3, 4), dtype=np.float32)
+    (z,) = _session(model_dir, "reparameterize").run(None, {"mean": mean, "log_var": log_var, "eps": eps})
+    np.testing.assert_allclose(z, mean + np.exp(0.5 * log_var) * eps, rtol=1e-6)
+
+
 def test_export_fails_above_the_parity_tolerance(tmp_path, exported, monkeypatch):
     model_dir, _, _ = exported
     run_dir = model_dir.parent / "run"
