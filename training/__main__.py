@@ -88,7 +88,8 @@ def _evaluate(cfg: Config, run_dir: Path, progress: bool) -> None:
         raise FileNotFoundError(f"{best} not found: run `python -m training train {cfg.name}` first")
     trained_cfg, model, _ = train.load_checkpoint(best, cfg.train.device)
     # Evaluation settings come from the command line; the model's from its checkpoint.
-    trained_cfg = Config.from_dict({**trained_cfg.to_dict(), "eval": cfg.to_dict()["eval"]})
+    trained_cfg = Config.from_dict({**trained_cfg.to_dict(), "eval": cfg.to_dict()["eval"], "train": cfg.to_dict()["train"]})
+    train.use_device(trained_cfg)
     splits = train.load_data(trained_cfg)
     metrics = train.evaluate(trained_cfg, model, splits, cfg.train.device, progress)
     metrics["dataset_sha256"] = splits.sha256

@@ -12,11 +12,21 @@ import torch
 from tqdm import tqdm
 
 from . import objective
-from .config import Config
+from .config import Config, ConfigError
 from .data import Splits, binarize_dynamic, binarize_static, load_splits
 from .model import VAE
 
 log = logging.getLogger(__name__)
+
+
+def use_device(cfg: Config) -> str:
+    """Apply the thread setting and check the device before any work starts."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = cfg.train.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} asked for, but torch sees no CUDA device")
+    return device
 
 
 def make_model(cfg: Config) -> VAE:
@@ -70,11 +80,7 @@ def _checkpoint(model, optimizer, scheduler, generator, state: dict, cfg: Config
 
 def fit(cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True) -> Path:
     """Train with early stopping on the validation ELBO; returns the best checkpoint's path."""
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = cfg.train.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device} asked for, but torch sees no CUDA device")
+    device = use_device(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = load_data(cfg)
     validation = prepare_eval_images(cfg, splits.validation)
@@ -87,7 +93,7 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True)
     if resume and last.is_file():
         ckpt = torch.load(last, map_location=device, weights_only=False)
         if ckpt["config"] != cfg.to_dict():
-            raise RuntimeError(f"{last} was trained with a different config; start a new --run-dir or drop --resume")
+            raise ConfigError(f"{last} was trained with a different config; start a new --runs-dir or drop --resume")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

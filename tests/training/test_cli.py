@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 
 def run_cli(*args, cwd=None):
@@ -29,6 +30,13 @@ def test_bad_arguments_give_clear_errors(args, message):
     result = run_cli(*args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA (CI's kind)")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    result = run_cli("train", "fashion-mnist", "--device", "cuda")
+    assert result.returncode == 2 and "torch sees no CUDA device" in result.stderr
     assert "Traceback" not in result.stderr
 
 

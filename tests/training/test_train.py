@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from training import train
+from training.config import ConfigError
 
 
 def _weights(path):
@@ -58,7 +59,7 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, tiny_co
 
 def test_resume_refuses_a_different_config(tmp_path, tiny_config):
     train.fit(tiny_config("train.epochs=1"), tmp_path / "run", progress=False)
-    with pytest.raises(RuntimeError, match="different config"):
+    with pytest.raises(ConfigError, match="different config"):
         train.fit(tiny_config("train.epochs=1", "train.lr=0.01"), tmp_path / "run", resume=True, progress=False)
 
 
