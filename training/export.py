@@ -131,7 +131,8 @@ def _parity(module: nn.Module, path: Path, inputs: dict[str, np.ndarray]) -> tup
     with torch.no_grad():
         want = module(*(torch.from_numpy(v) for v in inputs.values()))
     want = want if isinstance(want, tuple) else (want,)
-    errors = [(np.abs(g - w.numpy()), 1.0 + np.abs(w.numpy())) for g, w in zip(got, want)]
+    want = [w.detach().numpy() for w in want]
+    errors = [(np.abs(g - w), 1.0 + np.abs(w)) for g, w in zip(got, want)]
     return max(float(e.max()) for e, _ in errors), max(float((e / s).max()) for e, s in errors)
 
 

@@ -86,3 +86,20 @@ def test_export_fails_above_the_parity_tolerance(tmp_path, exported, monkeypatch
 def test_export_needs_an_evaluation_first(tmp_path):
     with pytest.raises(FileNotFoundError, match="train first"):
         export.export_model(tmp_path / "nothing", tmp_path / "out")
+
+
+def test_gaussian_model_exports_its_learned_sigma(tmp_path):
+    from training.config import load_config
+    from tests.training.conftest import TINY
+
+    cfg = load_config("fashion-mnist", [*TINY, "train.epochs=1", "model.likelihood='gaussian'"])
+    best = train.fit(cfg, tmp_path / "run", progress=False)
+    _, model, _ = train.load_checkpoint(best)
+    (tmp_path / "run" / "eval.json").write_text(json.dumps(train.evaluate(cfg, model, train.load_data(cfg), progress=False)))
+    manifest = export.export_model(tmp_path / "run", tmp_path / "model")
+    assert manifest["likelihood"] == "gaussian" and manifest["sigma"] == pytest.approx(model.sigma)
+    assert list(manifest["graphs"]["decoder"]["outputs"]) == ["image", "log_scale"]
+    z = np.zeros((2, 4), np.float32)
+    image, log_scale = _session(tmp_path / "model", "decoder").run(None, {"z": z})
+    np.testing.assert_allclose(np.exp(log_scale), manifest["sigma"], rtol=1e-5)
+    assert image.min() >= 0 and image.max() <= 1
