@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     ort_inter_op_threads: int = Field(1, ge=0, description="ORT inter-op threads per session")
     max_request_rows: int = Field(1024, ge=1, description="images / latents / n per request")
     max_samples: int = Field(1000, ge=1, description="samples (K) per request for /encode and /elbo")
-    max_elbo_work: int = Field(262144, ge=1, description="K × rows per /elbo request (bounds memory)")
+    max_sample_rows: int = Field(262144, ge=1, description="samples × inputs per /encode or /elbo request (bounds memory)")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="request bodies above this get 413")
     warmup: bool = Field(True, description="run every batch shape once before /health/ready turns 200")
     host: str = Field("127.0.0.1", description="bind address")

@@ -17,3 +17,12 @@ def test_readme_starts_with_the_serve_and_test_commands_that_ci_runs():
     assert "bash scripts/serve.sh" in head and "bash scripts/test.sh" in head
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert "bash scripts/test.sh" in ci
+
+
+def test_readme_tables_match_the_code_and_the_shipped_manifests():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "scripts/readme_tables.py", "--check"], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

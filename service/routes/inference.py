@@ -15,6 +15,8 @@ from ..schemas import (
     SampleResponse, check_limit, images_to_array, latents_to_array,
 )
 
+# Handlers return NumpyJSONResponse themselves: response_model documents the schema in OpenAPI,
+# while the arrays go straight to orjson, never through pydantic.
 router = APIRouter(tags=["inference"], default_response_class=NumpyJSONResponse)
 
 
@@ -35,6 +37,7 @@ async def _guarded(awaitable):
 async def encode(body: EncodeRequest, registry: RegistryDep, settings: SettingsDep):
     check_limit("inputs", len(body.inputs), settings.max_request_rows, "images")
     check_limit("samples", body.samples, settings.max_samples, "samples")
+    check_limit("samples", body.samples * len(body.inputs), settings.max_sample_rows, "samples × inputs")
     model = resolve_model(registry, body.model)
     x = images_to_array(body.inputs)  # (B, 784)
     out = await _guarded(model.encode(x))
@@ -44,7 +47,7 @@ async def encode(body: EncodeRequest, registry: RegistryDep, settings: SettingsD
         eps = rng.standard_normal((body.samples, len(x), model.latent_dim), dtype=np.float32)  # (K, B, Z)
         z = await _guarded(model.reparameterize(out["mean"], out["log_var"], eps))
         result["z"] = np.ascontiguousarray(z.transpose(1, 0, 2))  # (B, K, Z)
-    return result
+    return NumpyJSONResponse(result)
 
 
 @router.post("/decode", response_model=ImagesResponse, summary="E[x|z]: the decoder's mean image for each latent")
@@ -53,7 +56,7 @@ async def decode(body: DecodeRequest, registry: RegistryDep, settings: SettingsD
     model = resolve_model(registry, body.model)
     z = latents_to_array(body.latents, model.latent_dim)  # (B, Z)
     out = await _guarded(model.decode(z))
-    return {"model": model.name, "images": images_payload(out["image"], body.format)}
+    return NumpyJSONResponse({"model": model.name, "images": images_payload(out["image"], body.format)})
 
 
 @router.post("/sample", response_model=SampleResponse, summary="x ~ p(x): decode z ~ N(0, temperature² I)")
@@ -63,17 +66,18 @@ async def sample(body: SampleRequest, registry: RegistryDep, settings: SettingsD
     seed, rng = _rng(body.seed)
     z = rng.standard_normal((body.n, model.latent_dim), dtype=np.float32) * np.float32(body.temperature)  # (n, Z)
     out = await _guarded(model.decode(z))
-    return {"model": model.name, "seed": seed, "latents": z, "images": images_payload(out["image"], body.format)}
+    return NumpyJSONResponse({"model": model.name, "seed": seed, "latents": z,
+                              "images": images_payload(out["image"], body.format)})
 
 
 @router.post("/elbo", response_model=ElboResponse, summary="ELBO, its terms and the IWAE log p(x), per input, in nats")
 async def elbo(body: ElboRequest, registry: RegistryDep, settings: SettingsDep):
     check_limit("inputs", len(body.inputs), settings.max_request_rows, "images")
     check_limit("samples", body.samples, settings.max_samples, "samples")
-    check_limit("samples", body.samples * len(body.inputs), settings.max_elbo_work, "samples × inputs")
+    check_limit("samples", body.samples * len(body.inputs), settings.max_sample_rows, "samples × inputs")
     model = resolve_model(registry, body.model)
     x = images_to_array(body.inputs)  # (B, 784)
     _, rng = _rng(body.seed)
     eps = rng.standard_normal((body.samples, len(x), model.latent_dim), dtype=np.float32)  # (K, B, Z)
     out = await _guarded(model.score(x, eps))
-    return {"model": model.name, **out, "gap": out["log_likelihood"] - out["elbo"]}
+    return NumpyJSONResponse({"model": model.name, **out, "gap": out["log_likelihood"] - out["elbo"]})

@@ -51,7 +51,8 @@ def stop_server(process: subprocess.Popen) -> None:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     process, url = start_server(ROOT / "models", tmp_path_factory.mktemp("server") / "server.log",
-                                VAE_MAX_REQUEST_ROWS=256, VAE_MAX_SAMPLES=500, VAE_MAX_BODY_BYTES=4 * 1024 * 1024)
+                                VAE_MAX_REQUEST_ROWS=256, VAE_MAX_SAMPLES=500, VAE_MAX_SAMPLE_ROWS=20000,
+                                VAE_MAX_BODY_BYTES=4 * 1024 * 1024)
     yield url
     stop_server(process)
 

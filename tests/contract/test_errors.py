@@ -8,7 +8,7 @@ GOOD = [[0.0] * 784]
 
 
 def detail_text(response):
-    return json.dumps(response.json()["detail"])
+    return json.dumps(response.json()["detail"], ensure_ascii=False)
 
 
 @pytest.mark.parametrize(
@@ -36,6 +36,8 @@ def detail_text(response):
         ("/elbo", {"inputs": GOOD, "samples": 0}, "samples", "greater than or equal to 1"),
         ("/elbo", {"inputs": GOOD, "samples": 501}, "samples", "limit of 500"),
         ("/elbo", {"inputs": [[0.5] * 10]}, "inputs", "expected 784 numbers"),
+        ("/elbo", {"inputs": GOOD * 41, "samples": 500}, "samples", "20500 samples × inputs is over this server's limit of 20000"),
+        ("/encode", {"inputs": GOOD * 41, "samples": 500}, "samples", "samples × inputs is over"),
     ],
 )
 def test_bad_requests_are_422_naming_the_field(client, path, body, field, message):

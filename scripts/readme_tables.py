@@ -1,0 +1,69 @@
+"""Regenerate the README's tables from the code and the shipped manifests.
+
+    python scripts/readme_tables.py          # rewrite README.md
+    python scripts/readme_tables.py --check  # exit 1 if README.md is out of date (the tests call this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def models_table() -> str:
+    rows = ["| model | likelihood | architecture | latent | test ELBO | test log p(x) (IWAE) | gap | KL | active units |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted((ROOT / "models").glob("*/manifest.json")):
+        m = json.loads(path.read_text())
+        x = m["metrics"]
+        rows.append(
+            f"| `{m['name']}` | {m['likelihood']}{' (σ = %.3f, learned)' % m['sigma'] if m.get('sigma') else ''} "
+            f"| {m['architecture']} | {m['latent_dim']} | {x['test_elbo']:.2f} "
+            f"| {x['test_log_likelihood']:.2f} (K = {x['iwae_samples']}) | {x['test_gap']:.2f} | {x['test_kl']:.2f} "
+            f"| {x['active_units']} / {m['latent_dim']} |")
+    return "\n".join(rows)
+
+
+def settings_table() -> str:
+    from service.settings import Settings
+
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = "" if field.default is None else str(field.default)
+        rows.append(f"| `VAE_{name.upper()}` | `{default}` | {field.description} |")
+    return "\n".join(rows)
+
+
+def render(text: str) -> str:
+    for marker, table in (("models", models_table()), ("settings", settings_table())):
+        pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no <!-- {marker}:start/end --> markers")
+        text = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args()
+    readme = ROOT / "README.md"
+    current = readme.read_text()
+    wanted = render(current)
+    if args.check:
+        if wanted != current:
+            print("README.md is out of date: run python scripts/readme_tables.py", file=sys.stderr)
+            return 1
+        return 0
+    readme.write_text(wanted)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
