@@ -16,10 +16,13 @@ class ManifestError(ValueError):
     """A model that cannot be served; the message says which file and why."""
 
 
-class GraphSpec(BaseModel):
+class FileSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
     path: str
     sha256: str
+
+
+class GraphSpec(FileSpec):
     inputs: dict[str, list[int]]
     outputs: dict[str, list[int]]
     batch_axes: dict[str, int]
@@ -33,6 +36,7 @@ class Manifest(BaseModel):
     likelihood: str
     input_shape: list[int]
     graphs: dict[str, GraphSpec]
+    weights: FileSpec | None = None  # external data shared by the graphs
     metrics: dict[str, Any] = {}
     sigma: float | None = None
     architecture: str | None = None
@@ -71,11 +75,14 @@ def load_manifest(model_dir: Path) -> Manifest:
         raise ManifestError(f"{path}: graphs missing: {', '.join(missing)} (re-export with `python -m training export`)")
     if manifest.input_shape != [28, 28]:
         raise ManifestError(f"{path}: input_shape {manifest.input_shape} is not [28, 28]")
-    for name, graph in manifest.graphs.items():
-        file = model_dir / graph.path
+    files = {f"{name} graph": spec for name, spec in manifest.graphs.items()}
+    if manifest.weights is not None:
+        files["weights"] = manifest.weights
+    for what, spec in files.items():
+        file = model_dir / spec.path
         if not file.is_file():
-            raise ManifestError(f"{file}: {name} graph file not found")
+            raise ManifestError(f"{file}: {what} file not found")
         actual = sha256_of(file)
-        if actual != graph.sha256:
-            raise ManifestError(f"{file}: sha256 {actual[:12]}… does not match the manifest's {graph.sha256[:12]}…")
+        if actual != spec.sha256:
+            raise ManifestError(f"{file}: sha256 {actual[:12]}… does not match the manifest's {spec.sha256[:12]}…")
     return manifest

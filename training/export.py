@@ -4,6 +4,7 @@
 - ``decoder.onnx``: z (B, Z) -> image (B, 784) = E[x|z], plus the likelihood's parameters
 - ``score.onnx``:   x (B, 784), eps (K, B, Z) -> elbo, reconstruction, kl, log_likelihood (B,)
 - ``reparameterize.onnx``: mean, log_var (B, Z), eps (K, B, Z) -> z (K, B, Z), no weights
+- ``weights.bin``: the graphs' weights as ONNX external data, each tensor stored once
 
 The score graph is traced from ``objective.evidence``: the service runs the math, never re-types it.
 """
@@ -120,6 +121,40 @@ def _export_graph(module: nn.Module, example: tuple, spec: dict, path: Path, ops
         )
 
 
+WEIGHTS_FILE = "weights.bin"
+INLINE_BYTES = 1024  # tensors smaller than this stay inside their graph
+
+
+def share_weights(model_dir: Path, graphs: list[str]) -> None:
+    """Move the graphs' initializers into one ``weights.bin`` (ONNX external data), each distinct
+    tensor stored once: the score graph holds the encoder's and decoder's weights again, and
+    this halves the model's size on disk and in git."""
+    import onnx
+    from onnx import external_data_helper, numpy_helper
+
+    stored: dict[str, tuple[int, int]] = {}
+    with (model_dir / WEIGHTS_FILE).open("wb") as blob:
+        for graph in graphs:
+            path = model_dir / f"{graph}.onnx"
+            proto = onnx.load(str(path))
+            for tensor in proto.graph.initializer:
+                data = tensor.raw_data or numpy_helper.to_array(tensor).tobytes()
+                if len(data) < INLINE_BYTES:
+                    continue
+                key = hashlib.sha256(data).hexdigest()
+                if key not in stored:
+                    blob.write(b"\0" * (-blob.tell() % 64))  # aligned, so onnxruntime can map it
+                    stored[key] = (blob.tell(), len(data))
+                    blob.write(data)
+                offset, length = stored[key]
+                tensor.raw_data = data
+                external_data_helper.set_external_data(tensor, location=WEIGHTS_FILE, offset=offset, length=length)
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
+                    tensor.ClearField(field)
+            path.write_bytes(proto.SerializeToString())
+
+
 def _parity(module: nn.Module, path: Path, inputs: dict[str, np.ndarray]) -> tuple[float, float]:
     """(max abs error, max error relative to 1 + |torch value|) of onnxruntime against torch.
 
@@ -182,10 +217,13 @@ def export_model(run_dir: Path, model_dir: Path, command: str | None = None, par
         "score": {"x": (rng.random((6, IMAGE_SIZE)) < 0.3).astype(np.float32),
                   "eps": rng.standard_normal((8, 6, z_dim), dtype=np.float32)},
     }
+    for name, (module, example) in examples.items():
+        _export_graph(module, tuple(torch.from_numpy(v) for v in example.values()), specs[name],
+                      model_dir / f"{name}.onnx", cfg.export.opset)
+    share_weights(model_dir, list(examples))
     files, parity = {}, {}
     for name, (module, example) in examples.items():
         path = model_dir / f"{name}.onnx"
-        _export_graph(module, tuple(torch.from_numpy(v) for v in example.values()), specs[name], path, cfg.export.opset)
         checks = [_parity(module, path, example), _parity(module, path, fresh[name])]
         parity[name] = {"max_abs_error": max(c[0] for c in checks), "max_scaled_error": max(c[1] for c in checks)}
         files[name] = {"path": path.name, "sha256": sha256_of(path), "bytes": path.stat().st_size}
@@ -193,14 +231,16 @@ def export_model(run_dir: Path, model_dir: Path, command: str | None = None, par
     worst = max(p["max_scaled_error"] for p in parity.values())
     if worst > cfg.export.parity_tolerance:
         raise ExportError(f"ONNX parity check failed: error {worst:.3e} > tolerance {cfg.export.parity_tolerance:.1e} ({parity})")
-    text = json.dumps(build_manifest(cfg, model, ckpt, metrics, files, specs, parity, command), indent=2) + "\n"
+    weights = model_dir / WEIGHTS_FILE
+    weights_spec = {"path": WEIGHTS_FILE, "sha256": sha256_of(weights), "bytes": weights.stat().st_size}
+    text = json.dumps(build_manifest(cfg, model, ckpt, metrics, files, specs, parity, command, weights_spec), indent=2) + "\n"
     (model_dir / "manifest.json").write_text(text)
     log.info("wrote %s", model_dir / "manifest.json")
     return json.loads(text)
 
 
 def build_manifest(cfg: Config, model: VAE, ckpt: dict, metrics: dict, files: dict, specs: dict, parity: dict,
-                   command: str | None) -> dict:
+                   command: str | None, weights: dict) -> dict:
     return {
         "manifest_version": MANIFEST_VERSION,
         "name": cfg.name,
@@ -227,4 +267,5 @@ def build_manifest(cfg: Config, model: VAE, ckpt: dict, metrics: dict, files: di
         "onnx": {"opset": cfg.export.opset, "parity": parity,
                  "parity_tolerance": cfg.export.parity_tolerance},
         "graphs": {name: {**files[name], **specs[name]} for name in specs},
+        "weights": weights,
     }

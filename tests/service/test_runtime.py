@@ -21,12 +21,14 @@ SOURCE = "fashion-mnist-2d"  # the smallest shipped model
 @pytest.fixture
 def model_dir(tmp_path):
     """A model dir with one good copy and three broken copies of a shipped model."""
-    for name in ("good", "bad-hash", "bad-onnx", "no-manifest", "bad-inputs"):
+    for name in ("good", "bad-hash", "bad-weights", "bad-onnx", "no-manifest", "bad-inputs"):
         shutil.copytree(SHIPPED / SOURCE, tmp_path / name)
     with (tmp_path / "bad-hash" / "decoder.onnx").open("ab") as f:
         f.write(b"\0")  # one extra byte: the sha256 no longer matches
+    weights = tmp_path / "bad-weights" / "weights.bin"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated shared weights
     truncated = tmp_path / "bad-onnx" / "encoder.onnx"
-    truncated.write_bytes(truncated.read_bytes()[:1000])
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     manifest = json.loads((tmp_path / "bad-onnx" / "manifest.json").read_text())
     manifest["graphs"]["encoder"]["sha256"] = sha256_of(truncated)  # hash fine, ONNX malformed
     (tmp_path / "bad-onnx" / "manifest.json").write_text(json.dumps(manifest))
@@ -42,12 +44,13 @@ def test_broken_models_are_refused_and_the_rest_served(model_dir, caplog):
     with caplog.at_level(logging.ERROR, logger="service.runtime"):
         registry.load_all()
     assert sorted(registry.models) == ["good"]
-    assert set(registry.refused) == {"bad-hash", "bad-onnx", "no-manifest", "bad-inputs"}
+    assert set(registry.refused) == {"bad-hash", "bad-weights", "bad-onnx", "no-manifest", "bad-inputs"}
     assert "sha256" in registry.refused["bad-hash"] and "decoder.onnx" in registry.refused["bad-hash"]
+    assert "sha256" in registry.refused["bad-weights"] and "weights.bin" in registry.refused["bad-weights"]
     assert "invalid JSON" in registry.refused["no-manifest"]
     assert "do not match the manifest" in registry.refused["bad-inputs"]
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
-    assert len(refusals) == 4 and all("\n" not in line for line in refusals)
+    assert len(refusals) == 5 and all("\n" not in line for line in refusals)
     assert registry.models["good"].provider == CPU
 
 

@@ -44,6 +44,19 @@ def test_manifest_round_trip(exported):
         assert [i.name for i in session.get_inputs()] == list(graph["inputs"])
         assert [o.name for o in session.get_outputs()] == list(graph["outputs"])
     assert all(p["max_scaled_error"] <= cfg.export.parity_tolerance for p in on_disk["onnx"]["parity"].values())
+    weights = model_dir / on_disk["weights"]["path"]
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == on_disk["weights"]["sha256"]
+
+
+def test_weights_are_stored_once(exported):
+    """The score graph reuses the encoder's and decoder's weights from the shared file."""
+    model_dir, manifest, _ = exported
+    weights = (model_dir / "weights.bin").stat().st_size
+    graphs = sum((model_dir / g["path"]).stat().st_size for g in manifest["graphs"].values())
+    _, model, _ = train.load_checkpoint(model_dir.parent / "run" / "best.pt")
+    parameter_bytes = sum(p.numel() * 4 for p in model.parameters())
+    assert 0.9 * parameter_bytes <= weights <= 1.05 * parameter_bytes  # once, not twice (score graph); biases stay inline
+    assert graphs < 0.2 * parameter_bytes
 
 
 def test_graphs_run_with_dynamic_batch_and_k(exported):
