@@ -7,8 +7,10 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from . import __version__
+from .errors import validation_error
 from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
 from .routes import inference, meta
@@ -49,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.settings = settings
     app.dependency_overrides[get_settings] = lambda: settings
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(inference.router)
     app.include_router(meta.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -56,6 +56,27 @@ def test_non_finite_numbers_are_rejected(client, path, token):
     assert "inputs" in detail_text(response)
 
 
+@pytest.mark.parametrize("body, field", [
+    ('{"n": 1e400}', "n"), ('{"n": 1, "temperature": NaN}', "temperature"),
+    ('{"n": 1, "temperature": Infinity}', "temperature"), ('{"n": 1, "seed": -1e999}', "seed"),
+])
+def test_non_finite_options_are_422_not_500(client, body, field):
+    response = client.post("/sample", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", field]
+
+
+def test_errors_do_not_echo_the_input_back(client):
+    response = client.post("/encode", json={"inputs": [["x"] * 784]})
+    assert response.status_code == 422
+    assert len(response.content) < 2000 and all("input" not in e for e in response.json()["detail"])
+
+
+def test_a_body_that_is_not_an_object_is_422(client):
+    for body, ctype in ((b"hello", "text/plain"), (b"[]", "application/json"), (b"", "application/json")):
+        assert client.post("/sample", content=body, headers={"content-type": ctype}).status_code == 422
+
+
 def test_non_finite_latents_are_rejected(client):
     body = '{"latents": [[NaN' + ", 0.0" * 31 + "]]}"
     response = client.post("/decode", content=body, headers={"content-type": "application/json"})

@@ -1,0 +1,25 @@
+"""422s for request validation, without echoing the input back.
+
+FastAPI's default handler returns each error's ``input``: a whole batch of images for one bad
+pixel, and NaN or infinity (from JSON like ``1e400``) that its renderer cannot serialize, which
+turned a client's mistake into a 500.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+
+from .responses import NumpyJSONResponse
+
+
+MAX_ERRORS = 10  # one bad image can fail 784 pixels in each branch of a union: the first few say it
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> NumpyJSONResponse:
+    everything = exc.errors()
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "invalid"), "type": e.get("type", "value_error")}
+              for e in everything[:MAX_ERRORS]]
+    if len(everything) > MAX_ERRORS:
+        errors.append({"loc": ["body"], "msg": f"and {len(everything) - MAX_ERRORS} more errors", "type": "too_many_errors"})
+    return NumpyJSONResponse({"detail": errors}, status_code=422)
