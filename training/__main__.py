@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> None:
     from . import train
 
     if args.command in ("train", "fit"):
-        train.fit(cfg, run_dir, resume=args.resume, progress=progress)
+        train.fit(cfg, run_dir, resume=args.resume, progress=progress, command=reproduce_command(sys.argv[1:]))
     if args.command in ("evaluate", "fit"):
         _evaluate(cfg, run_dir, progress)
     if args.command in ("report", "fit"):
@@ -76,8 +76,13 @@ def run(args: argparse.Namespace) -> None:
     if args.command in ("export", "fit"):
         from . import export
 
-        command = "python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        export.export_model(run_dir, model_dir, command=command)
+        export.export_model(run_dir, model_dir)
+
+
+def reproduce_command(argv: list[str]) -> str:
+    """The one command that rebuilds this model: the same arguments, as ``fit``, minus run-only flags."""
+    kept = [a for a in argv[1:] if a not in ("--resume", "--no-progress")]
+    return "python -m training fit " + " ".join(shlex.quote(a) for a in kept)
 
 
 def _evaluate(cfg: Config, run_dir: Path, progress: bool) -> None:

@@ -261,7 +261,7 @@ def build_manifest(cfg: Config, model: VAE, ckpt: dict, metrics: dict, files: di
         "config": cfg.to_dict(),
         "training": {"best_epoch": ckpt.get("best_epoch"), "epochs_run": ckpt.get("epoch"),
                      "best_val_elbo": ckpt.get("best_val_elbo")},
-        "command": command or f"python -m training fit {cfg.name}",
+        "command": command or ckpt.get("command") or f"python -m training fit {cfg.name}",
         "git_commit": _git_commit(),
         "metrics": metrics,
         "onnx": {"opset": cfg.export.opset, "parity": parity,

@@ -69,9 +69,10 @@ def evidence_over(model: VAE, x: torch.Tensor, samples: int, rows: int, seed: in
     return out
 
 
-def _checkpoint(model, optimizer, scheduler, generator, state: dict, cfg: Config) -> dict:
+def _checkpoint(model, optimizer, scheduler, generator, state: dict, cfg: Config, command: str | None) -> dict:
     return {
         "config": cfg.to_dict(),
+        "command": command,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -80,8 +81,11 @@ def _checkpoint(model, optimizer, scheduler, generator, state: dict, cfg: Config
     }
 
 
-def fit(cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True) -> Path:
-    """Train with early stopping on the validation ELBO; returns the best checkpoint's path."""
+def fit(cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True, command: str | None = None) -> Path:
+    """Train with early stopping on the validation ELBO; returns the best checkpoint's path.
+
+    ``command`` (the CLI line that reproduces this run) is kept in the checkpoints for the manifest.
+    """
     device = use_device(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = load_data(cfg)
@@ -101,6 +105,7 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True)
         scheduler.load_state_dict(ckpt["scheduler"])
         generator.set_state(ckpt["generator"])
         state = {k: ckpt[k] for k in state}
+        command = ckpt.get("command") or command
         log.info("resumed from %s at epoch %d", last, state["epoch"])
     elif metrics_path.exists():
         metrics_path.unlink()  # a fresh run starts a fresh log
@@ -151,7 +156,7 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True)
             state.update(best_val_elbo=record["val_elbo"], best_epoch=epoch + 1, stale_epochs=0)
         elif not warming_up:
             state["stale_epochs"] += 1
-        ckpt = _checkpoint(model, optimizer, scheduler, generator, state, cfg)
+        ckpt = _checkpoint(model, optimizer, scheduler, generator, state, cfg, command)
         torch.save(ckpt, last)
         if state["best_epoch"] == epoch + 1:
             torch.save(ckpt, best)

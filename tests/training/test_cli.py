@@ -52,3 +52,10 @@ def test_help_lists_the_commands():
     assert result.returncode == 0
     for command in ("train", "evaluate", "report", "export", "fit"):
         assert command in result.stdout
+
+
+def test_the_reproduce_command_is_the_training_line_as_fit():
+    from training.__main__ import reproduce_command
+
+    argv = ["train", "fashion-mnist", "--set", "train.epochs=5", "--resume", "--no-progress", "--set", "model.hidden=[32, 64]"]
+    assert reproduce_command(argv) == "python -m training fit fashion-mnist --set train.epochs=5 --set 'model.hidden=[32, 64]'"

@@ -36,6 +36,7 @@ def test_manifest_round_trip(exported):
     assert on_disk == manifest
     assert Config.from_dict(on_disk["config"]) == cfg
     assert on_disk["latent_dim"] == 4 and on_disk["likelihood"] == "bernoulli" and on_disk["input_shape"] == [28, 28]
+    assert on_disk["command"] == "pytest"
     assert on_disk["metrics"]["iwae_samples"] == 8 and "test_nll" in on_disk["metrics"]
     for name, graph in on_disk["graphs"].items():
         path = model_dir / graph["path"]

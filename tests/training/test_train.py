@@ -15,7 +15,8 @@ def _weights(path):
 
 def test_short_training_lowers_the_loss(tmp_path, tiny_config):
     cfg = tiny_config("train.epochs=4")
-    best = train.fit(cfg, tmp_path / "run", progress=False)
+    best = train.fit(cfg, tmp_path / "run", progress=False, command="python -m training fit tiny")
+    assert torch.load(best, weights_only=False)["command"] == "python -m training fit tiny"  # for the manifest
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert history[-1]["train_loss"] < history[0]["train_loss"] - 20
