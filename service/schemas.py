@@ -26,10 +26,13 @@ class _Request(BaseModel):
     model: str | None = Field(None, description="model name (default: the configured default model)")
 
 
-class EncodeRequest(_Request):
+class _ImagesRequest(_Request):
     inputs: list[Image] = Field(..., min_length=1, description="images: 784 numbers or 28 rows of 28, in [0, 1]")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="seed for ε, the noise of z = μ + σ⊙ε")
+
+
+class EncodeRequest(_ImagesRequest):
     samples: int = Field(0, ge=0, description="also draw this many z ~ q(z|x) per input")
-    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="seed for the z draws")
     model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": [_EXAMPLE_IMAGE], "samples": 2, "seed": 0}]})
 
 
@@ -47,10 +50,10 @@ class SampleRequest(_Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{"n": 4, "seed": 42, "temperature": 1.0}]})
 
 
-class ElboRequest(_Request):
-    inputs: list[Image] = Field(..., min_length=1, description="images in [0, 1]; binarize them yourself for a Bernoulli model")
+class ElboRequest(_ImagesRequest):
+    """Binarize inputs yourself for a Bernoulli model: the service scores the values it is given."""
+
     samples: int = Field(1, ge=1, description="K importance samples for log p(x) (K = 1: log_likelihood == elbo)")
-    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="seed for ε")
     model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": [_EXAMPLE_IMAGE], "samples": 100, "seed": 0}]})
 
 

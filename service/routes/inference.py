@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException
 
 from ..batcher import QueueFull
 from ..deps import RegistryDep, SettingsDep, resolve_model
+from ..runtime import ModelRuntime
 from ..responses import NumpyJSONResponse, images_payload
 from ..schemas import (
     DecodeRequest, ElboRequest, ElboResponse, EncodeRequest, EncodeResponse, ImagesResponse, SampleRequest,
@@ -33,19 +34,25 @@ async def _guarded(awaitable):
         raise HTTPException(503, f"server busy: {exc}", headers={"Retry-After": "1"}) from None
 
 
-@router.post("/encode", response_model=EncodeResponse, summary="q(z|x): posterior mean and log-variance (and samples)")
-async def encode(body: EncodeRequest, registry: RegistryDep, settings: SettingsDep):
+def _images_and_noise(body: EncodeRequest | ElboRequest, registry, settings) -> tuple[ModelRuntime, np.ndarray, np.ndarray]:
+    """The limits (samples × inputs bounds memory), the model, x (B, 784) and ε (K, B, Z) from the seed."""
     check_limit("inputs", len(body.inputs), settings.max_request_rows, "images")
     check_limit("samples", body.samples, settings.max_samples, "samples")
     check_limit("samples", body.samples * len(body.inputs), settings.max_sample_rows, "samples × inputs")
     model = resolve_model(registry, body.model)
-    x = images_to_array(body.inputs)  # (B, 784)
+    x = images_to_array(body.inputs)
+    _, rng = _rng(body.seed)
+    eps = rng.standard_normal((body.samples, len(x), model.latent_dim), dtype=np.float32)
+    return model, x, eps
+
+
+@router.post("/encode", response_model=EncodeResponse, summary="q(z|x): posterior mean and log-variance (and samples)")
+async def encode(body: EncodeRequest, registry: RegistryDep, settings: SettingsDep):
+    model, x, eps = _images_and_noise(body, registry, settings)
     out = await _guarded(model.encode(x))
     result = {"model": model.name, "mean": out["mean"], "log_var": out["log_var"]}
     if body.samples:
-        _, rng = _rng(body.seed)
-        eps = rng.standard_normal((body.samples, len(x), model.latent_dim), dtype=np.float32)  # (K, B, Z)
-        z = await _guarded(model.reparameterize(out["mean"], out["log_var"], eps))
+        z = await _guarded(model.reparameterize(out["mean"], out["log_var"], eps))  # (K, B, Z)
         result["z"] = np.ascontiguousarray(z.transpose(1, 0, 2))  # (B, K, Z)
     return NumpyJSONResponse(result)
 
@@ -72,12 +79,6 @@ async def sample(body: SampleRequest, registry: RegistryDep, settings: SettingsD
 
 @router.post("/elbo", response_model=ElboResponse, summary="ELBO, its terms and the IWAE log p(x), per input, in nats")
 async def elbo(body: ElboRequest, registry: RegistryDep, settings: SettingsDep):
-    check_limit("inputs", len(body.inputs), settings.max_request_rows, "images")
-    check_limit("samples", body.samples, settings.max_samples, "samples")
-    check_limit("samples", body.samples * len(body.inputs), settings.max_sample_rows, "samples × inputs")
-    model = resolve_model(registry, body.model)
-    x = images_to_array(body.inputs)  # (B, 784)
-    _, rng = _rng(body.seed)
-    eps = rng.standard_normal((body.samples, len(x), model.latent_dim), dtype=np.float32)  # (K, B, Z)
+    model, x, eps = _images_and_noise(body, registry, settings)
     out = await _guarded(model.score(x, eps))
     return NumpyJSONResponse({"model": model.name, **out, "gap": out["log_likelihood"] - out["elbo"]})
