@@ -8,7 +8,15 @@ import torch
 
 from training import objective
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Exact comparisons need double precision; restored after each test (it is global state)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def test_kl_closed_form_matches_monte_carlo():
