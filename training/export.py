@@ -55,7 +55,7 @@ class DecoderGraph(nn.Module):
 
     def forward(self, z):  # (B, Z) -> image (B, 784), then logits (B, 784) or log_scale (B, 784)
         h = self.model.decoder(z)
-        image = objective.decoder_mean(self.model.cfg.likelihood, h)
+        image = objective.decoder_mean(h)
         if self.model.cfg.likelihood == "bernoulli":
             return image, h
         return image, self.model.log_scale.expand_as(h)

@@ -104,7 +104,7 @@ class VAE(nn.Module):
 
     def mean_image(self, z: torch.Tensor) -> torch.Tensor:
         """E[x|z], (N, 784) in [0, 1]."""
-        return objective.decoder_mean(self.cfg.likelihood, self.decoder(z))
+        return objective.decoder_mean(self.decoder(z))
 
     @property
     def sigma(self) -> float | None:

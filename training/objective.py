@@ -56,8 +56,8 @@ def gaussian_log_likelihood(mean: torch.Tensor, log_scale: torch.Tensor, x: torc
     return -0.5 * (LOG_2PI + 2.0 * log_scale + ((x - mean) * torch.exp(-log_scale)).square()).sum(-1)
 
 
-def decoder_mean(likelihood: str, h: torch.Tensor) -> torch.Tensor:
-    """E[x|z] from the decoder's raw output h: sigmoid for both (Bernoulli logits; Gaussian mean in [0, 1])."""
+def decoder_mean(h: torch.Tensor) -> torch.Tensor:
+    """E[x|z] from the decoder's raw output h: sigmoid for both likelihoods (Bernoulli logits; Gaussian mean in [0, 1])."""
     return torch.sigmoid(h)
 
 
@@ -66,7 +66,7 @@ def log_likelihood(likelihood: str, h: torch.Tensor, log_scale: torch.Tensor | N
     if likelihood == "bernoulli":
         return bernoulli_log_likelihood(h, x)
     if likelihood == "gaussian":
-        return gaussian_log_likelihood(torch.sigmoid(h), log_scale, x)
+        return gaussian_log_likelihood(decoder_mean(h), log_scale, x)
     raise ValueError(f"unknown likelihood {likelihood!r}; expected one of {LIKELIHOODS}")
 
 
