@@ -81,8 +81,9 @@ def bucket_sizes(limit: int) -> list[int]:
     return sizes + [limit]
 
 
-def first_rows(value: np.ndarray, rows: int, axis: int) -> np.ndarray:
-    return value[(slice(None),) * axis + (slice(0, rows),)]
+def take_rows(value: np.ndarray, start: int, stop: int, axis: int) -> np.ndarray:
+    """Rows ``start:stop`` along ``axis`` (a view, no copy)."""
+    return value[(slice(None),) * axis + (slice(start, stop),)]
 
 
 def pad_rows(inputs: Tensors, rows: int, target: int, batch_axes: dict[str, int]) -> Tensors:
@@ -151,8 +152,7 @@ class Batcher:
         if rows <= chunk:
             return await self._submit_one(inputs, rows, weight)
         starts = range(0, rows, chunk)
-        parts = [{n: np.take(a, np.arange(s, min(s + chunk, rows)), axis=self.batch_axes[n]) for n, a in inputs.items()}
-                 for s in starts]
+        parts = [{n: take_rows(a, s, s + chunk, self.batch_axes[n]) for n, a in inputs.items()} for s in starts]
         results = await asyncio.gather(*(self._submit_one(p, self.rows_of(p), weight) for p in parts))
         return concatenate(list(results), self.batch_axes)
 
@@ -208,7 +208,7 @@ class Batcher:
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, inputs)
             if target != rows:
-                outputs = {n: first_rows(v, rows, self.batch_axes.get(n, 0)) for n, v in outputs.items()}
+                outputs = {n: take_rows(v, 0, rows, self.batch_axes.get(n, 0)) for n, v in outputs.items()}
             pieces = split(outputs, [j.rows for j in jobs], self.batch_axes)
         except Exception as exc:  # the failure belongs to this run's requests only
             log.warning("%s: run of %d rows failed: %s", self.name, rows, exc)

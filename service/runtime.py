@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .batcher import Batcher, Tensors, bucket_sizes
-from .manifest import REQUIRED_GRAPHS, Manifest, ManifestError, load_manifest
+from .manifest import REQUIRED_GRAPHS, GraphSpec, Manifest, ManifestError, load_manifest
 from .metrics import Metrics
 from .settings import Settings
 
@@ -67,6 +67,14 @@ def open_session(path: Path, providers: list[str], options: ort.SessionOptions) 
         )
 
 
+def zero_inputs(spec: GraphSpec, rows: int) -> Tensors:
+    """Zeros shaped as the manifest declares: ``rows`` on each batch axis, 1 on other dynamic axes (K)."""
+    return {
+        name: np.zeros([rows if axis == spec.batch_axes[name] else max(size, 1) for axis, size in enumerate(shape)], np.float32)
+        for name, shape in spec.inputs.items()
+    }
+
+
 @dataclass
 class ModelRuntime:
     """One model: its manifest, an ORT session and a batcher per graph."""
@@ -102,18 +110,10 @@ class ModelRuntime:
 
     def warm_up(self) -> int:
         """Run every graph once per batch shape its batcher can produce; returns the runs made."""
-        z = self.latent_dim
-        makers = {
-            "encoder": lambda b: {"x": np.zeros((b, 784), np.float32)},
-            "decoder": lambda b: {"z": np.zeros((b, z), np.float32)},
-            "reparameterize": lambda b: {"mean": np.zeros((b, z), np.float32), "log_var": np.zeros((b, z), np.float32),
-                                         "eps": np.zeros((1, b, z), np.float32)},
-            "score": lambda b: {"x": np.zeros((b, 784), np.float32), "eps": np.zeros((1, b, z), np.float32)},
-        }
         runs = 0
-        for graph, make in makers.items():
-            for rows in bucket_sizes(self.batchers[graph].max_batch_rows):
-                self.run_graph(graph, make(rows))
+        for graph, batcher in self.batchers.items():
+            for rows in bucket_sizes(batcher.max_batch_rows):
+                self.run_graph(graph, zero_inputs(self.manifest.graphs[graph], rows))
                 runs += 1
         return runs
 
