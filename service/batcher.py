@@ -46,11 +46,13 @@ def signature_of(inputs: Tensors, batch_axes: dict[str, int]) -> tuple:
     )
 
 
-def take_batch(queue: deque[Job], max_cost: int) -> list[Job]:
-    """The head job, then later jobs of the same signature, in order, while the cost fits."""
+def take_batch(queue: deque[Job], max_cost: int, max_jobs: int | None = None) -> list[Job]:
+    """The head job, then later jobs of the same signature, in order, while the cost (and count) fits."""
     head = queue[0]
     batch, cost = [head], head.cost
     for job in list(queue)[1:]:
+        if max_jobs is not None and len(batch) >= max_jobs:
+            break
         if job.signature == head.signature and cost + job.cost <= max_cost:
             batch.append(job)
             cost += job.cost
@@ -120,12 +122,14 @@ class Batcher:
         max_queue_rows: int = 1 << 16,
         executor: Executor | None = None,
         pad_to_buckets: bool = False,
+        coalesce: bool = True,
         observer: BatchObserver | None = None,
         name: str = "batcher",
     ):
         self.run, self.batch_axes, self.max_batch_rows = run, batch_axes, max_batch_rows
         self.max_delay_s, self.max_queue_rows = max_delay_s, max_queue_rows
         self.executor, self.pad_to_buckets, self.name = executor, pad_to_buckets, name
+        self.max_jobs = None if coalesce else 1  # coalesce=False: the no-batching baseline
         self.observer = observer or BatchObserver()
         self.queue: deque[Job] = deque()
         self.queued_cost = 0
@@ -176,7 +180,7 @@ class Batcher:
                 await self._wake.wait()
                 continue
             await self._wait_to_fill()
-            jobs = take_batch(self.queue, self.max_batch_rows)
+            jobs = take_batch(self.queue, self.max_batch_rows, self.max_jobs)
             self.queued_cost -= sum(j.cost for j in jobs)
             self.observer.queue_depth(self.queued_cost)
             jobs = [j for j in jobs if not j.future.done()]  # a cancelled request never reaches ORT

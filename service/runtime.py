@@ -176,6 +176,7 @@ class Registry:
                 max_queue_rows=self.settings.max_queue_rows,
                 executor=self.executor,
                 pad_to_buckets=pad,
+                coalesce=self.settings.batching,
                 observer=self.metrics.observer(model_dir.name, graph),
                 name=f"{model_dir.name}/{graph}",
             )

@@ -21,39 +21,51 @@ Image = list[float] | list[list[float]]
 _EXAMPLE_IMAGE = [0.0] * 300 + [1.0] * 184 + [0.0] * 300
 
 
-class _Request(BaseModel):
+class _Options(BaseModel):
+    """What a request says besides its array: a JSON body's other fields, or an NPY request's query."""
+
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     model: str | None = Field(None, description="model name (default: the configured default model)")
 
 
-class _ImagesRequest(_Request):
-    inputs: list[Image] = Field(..., min_length=1, description="images: 784 numbers or 28 rows of 28, in [0, 1]")
+class _ImageOptions(_Options):
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="seed for ε, the noise of z = μ + σ⊙ε")
 
 
-class EncodeRequest(_ImagesRequest):
+class EncodeOptions(_ImageOptions):
     samples: int = Field(0, ge=0, description="also draw this many z ~ q(z|x) per input")
+
+
+class EncodeRequest(EncodeOptions):
+    inputs: list[Image] = Field(..., min_length=1, description="images: 784 numbers or 28 rows of 28, in [0, 1]")
     model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": [_EXAMPLE_IMAGE], "samples": 2, "seed": 0}]})
 
 
-class DecodeRequest(_Request):
+class DecodeOptions(_Options):
+    format: Literal["array", "png"] = Field("array", description="28×28 nested floats, or base64 PNG strings (JSON only)")
+
+
+class DecodeRequest(DecodeOptions):
     latents: list[list[float]] = Field(..., min_length=1, description="latent vectors of the model's latent_dim")
-    format: Literal["array", "png"] = Field("array", description="28×28 nested floats, or base64 PNG strings")
     model_config = ConfigDict(json_schema_extra={"examples": [{"latents": [[0.0] * 32], "format": "png"}]})
 
 
-class SampleRequest(_Request):
+class SampleRequest(_Options):
     n: int = Field(1, ge=1, description="how many samples from the prior")
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="same seed, bit-identical output; omitted: one is picked and returned")
     temperature: float = Field(1.0, gt=0, le=100, description="scales the prior's standard deviation")
-    format: Literal["array", "png"] = "array"
+    format: Literal["array", "png"] = Field("array", description="28×28 nested floats, or base64 PNG strings (JSON only)")
     model_config = ConfigDict(json_schema_extra={"examples": [{"n": 4, "seed": 42, "temperature": 1.0}]})
 
 
-class ElboRequest(_ImagesRequest):
+class ElboOptions(_ImageOptions):
     """Binarize inputs yourself for a Bernoulli model: the service scores the values it is given."""
 
     samples: int = Field(1, ge=1, description="K importance samples for log p(x) (K = 1: log_likelihood == elbo)")
+
+
+class ElboRequest(ElboOptions):
+    inputs: list[Image] = Field(..., min_length=1, description="images: 784 numbers or 28 rows of 28, in [0, 1]")
     model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": [_EXAMPLE_IMAGE], "samples": 100, "seed": 0}]})
 
 
@@ -95,28 +107,52 @@ def check_limit(field: str, value: int, limit: int, what: str) -> None:
         raise unprocessable([field], f"{field}: {value} {what} is over this server's limit of {limit}")
 
 
-def images_to_array(images: list, field: str = "inputs") -> np.ndarray:
-    """JSON images (784 numbers or 28 rows of 28, in [0, 1]) -> (N, 784) float32."""
-    out = np.empty((len(images), IMAGE_SIZE), dtype=np.float32)
-    for i, image in enumerate(images):
+def json_array(value, field: str, item_shapes: tuple[tuple[int, ...], ...] = ()) -> np.ndarray:
+    """A JSON list of rows -> float32 array, in one numpy call; on failure, name the first bad row.
+
+    ``item_shapes``: shapes a row may take besides the common one (an image as 784 numbers or
+    28 rows of 28); mixed rows of those shapes are flattened and stacked.
+    """
+    if not isinstance(value, list) or not value:
+        raise unprocessable([field], f"{field}: expected a list with at least 1 row")
+    try:
+        return np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError):
+        pass
+    rows = []
+    for i, item in enumerate(value):
         try:
-            array = np.asarray(image, dtype=np.float32)
-        except ValueError:
-            raise unprocessable([field, i], f"{field}[{i}]: rows of unequal length; expected 28 rows of 28 numbers") from None
-        if array.shape not in ((IMAGE_SIZE,), (IMAGE_SIDE, IMAGE_SIDE)):
-            raise unprocessable([field, i], f"{field}[{i}]: expected 784 numbers or 28 rows of 28, got shape {list(array.shape)}")
-        out[i] = array.reshape(-1)
+            rows.append(np.asarray(item, dtype=np.float32))
+        except (ValueError, TypeError) as exc:
+            problem = "rows of unequal length" if "inhomogeneous" in str(exc) else "not a valid number in it"
+            raise unprocessable([field, i], f"{field}[{i}]: {problem}; expected a list of numbers or of equal-length rows") from None
+    if item_shapes and all(r.shape in item_shapes for r in rows):
+        return np.stack([r.reshape(-1) for r in rows])
+    bad = next(i for i, r in enumerate(rows) if r.shape != rows[0].shape)
+    raise unprocessable([field, bad], f"{field}[{bad}]: shape {list(rows[bad].shape)} differs from {field}[0]'s {list(rows[0].shape)}")
+
+
+def as_images(array: np.ndarray, field: str = "inputs") -> np.ndarray:
+    """(N, 784) or (N, 28, 28) in [0, 1] -> (N, 784) float32."""
+    if array.ndim < 2 or array.shape[1:] not in ((IMAGE_SIZE,), (IMAGE_SIDE, IMAGE_SIDE)):
+        shape = list(array.shape[1:]) if array.ndim >= 2 else list(array.shape)
+        raise unprocessable([field, 0], f"{field}[0]: expected 784 numbers or 28 rows of 28, got shape {shape}")
+    if len(array) == 0:
+        raise unprocessable([field], f"{field}: expected at least 1 image")
+    out = array.reshape(len(array), IMAGE_SIZE)
     check_values(out, field, low=0.0, high=1.0)
     return out
 
 
-def latents_to_array(latents: list[list[float]], latent_dim: int, field: str = "latents") -> np.ndarray:
-    bad = next((i for i, z in enumerate(latents) if len(z) != latent_dim), None)
-    if bad is not None:
-        raise unprocessable([field, bad], f"{field}[{bad}]: expected {latent_dim} numbers (the model's latent_dim), got {len(latents[bad])}")
-    out = np.asarray(latents, dtype=np.float32)
-    check_values(out, field)
-    return out
+def as_latents(array: np.ndarray, latent_dim: int, field: str = "latents") -> np.ndarray:
+    """(N, latent_dim), finite -> float32."""
+    if array.ndim != 2 or array.shape[1] != latent_dim:
+        got = array.shape[1:] if array.ndim >= 2 else array.shape
+        raise unprocessable([field, 0], f"{field}[0]: expected {latent_dim} numbers (the model's latent_dim), got shape {list(got)}")
+    if len(array) == 0:
+        raise unprocessable([field], f"{field}: expected at least 1 latent")
+    check_values(array, field)
+    return array
 
 
 def check_values(array: np.ndarray, field: str, low: float = -math.inf, high: float = math.inf) -> None:

@@ -16,6 +16,7 @@ class Settings(BaseSettings):
     model_dir: Path = Field(Path("models"), description="folder of models/<name>/manifest.json")
     default_model: str = Field("fashion-mnist", description="model used when a request names none")
     providers: str = Field("auto", description="'auto' (CUDA if it works, then CPU) or a comma list of ORT providers")
+    batching: bool = Field(True, description="coalesce concurrent requests into one ORT run (false: one request per run)")
     max_batch_rows: int = Field(256, ge=1, description="rows per ORT run; larger requests run in chunks")
     max_delay_ms: float = Field(0.0, ge=0, description="wait up to this long for a batch to fill (0: greedy)")
     max_queue_rows: int = Field(65536, ge=1, description="rows waiting per batcher before requests get 503")

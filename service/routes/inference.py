@@ -1,24 +1,31 @@
-"""POST /encode, /decode, /sample, /elbo: JSON in, arrays through the batchers, orjson out."""
+"""POST /encode, /decode, /sample, /elbo: JSON or NPY in, arrays through the batchers, JSON/NPY/NPZ out."""
 
 from __future__ import annotations
 
 import secrets
 
 import numpy as np
-from fastapi import APIRouter, HTTPException
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
 
 from ..batcher import QueueFull
+from ..bodies import array_responses, read_request, request_doc
+from ..codec import JSON, array_response, negotiate
 from ..deps import RegistryDep, SettingsDep, resolve_model
-from ..runtime import ModelRuntime
 from ..responses import NumpyJSONResponse, images_payload
+from ..runtime import ModelRuntime
 from ..schemas import (
-    DecodeRequest, ElboRequest, ElboResponse, EncodeRequest, EncodeResponse, ImagesResponse, SampleRequest,
-    SampleResponse, check_limit, images_to_array, latents_to_array,
+    DecodeOptions, DecodeRequest, ElboOptions, ElboRequest, ElboResponse, EncodeOptions, EncodeRequest, EncodeResponse,
+    ImagesResponse, SampleRequest, SampleResponse, as_images, as_latents, check_limit,
 )
 
-# Handlers return NumpyJSONResponse themselves: response_model documents the schema in OpenAPI,
-# while the arrays go straight to orjson, never through pydantic.
+# Handlers read their bodies themselves (``bodies.read_request``) and return responses built from
+# numpy arrays: response_model and openapi_extra document the contract, pydantic never sees the arrays.
 router = APIRouter(tags=["inference"], default_response_class=NumpyJSONResponse)
+
+NPY_IMAGES = "float32 images, shape (N, 784) or (N, 28, 28), values in [0, 1]; options in the query string"
+NPY_LATENTS = "float32 latents, shape (N, latent_dim); options in the query string"
 
 
 def _rng(seed: int | None) -> tuple[int, np.random.Generator]:
@@ -34,51 +41,81 @@ async def _guarded(awaitable):
         raise HTTPException(503, f"server busy: {exc}", headers={"Retry-After": "1"}) from None
 
 
-def _images_and_noise(body: EncodeRequest | ElboRequest, registry, settings) -> tuple[ModelRuntime, np.ndarray, np.ndarray]:
-    """The limits (samples × inputs bounds memory), the model, x (B, 784) and ε (K, B, Z) from the seed."""
-    check_limit("inputs", len(body.inputs), settings.max_request_rows, "images")
-    check_limit("samples", body.samples, settings.max_samples, "samples")
-    check_limit("samples", body.samples * len(body.inputs), settings.max_sample_rows, "samples × inputs")
-    model = resolve_model(registry, body.model)
-    x = images_to_array(body.inputs)
-    _, rng = _rng(body.seed)
-    eps = rng.standard_normal((body.samples, len(x), model.latent_dim), dtype=np.float32)
-    return model, x, eps
+def accepted(accept: Annotated[str | None, Header(description="application/json (default), application/x-npy or application/x-npz")] = None) -> str:
+    """Negotiated before any work is done: an Accept we cannot answer is a 406 up front."""
+    return negotiate(accept)
 
 
-@router.post("/encode", response_model=EncodeResponse, summary="q(z|x): posterior mean and log-variance (and samples)")
-async def encode(body: EncodeRequest, registry: RegistryDep, settings: SettingsDep):
-    model, x, eps = _images_and_noise(body, registry, settings)
+AcceptDep = Annotated[str, Depends(accepted)]
+
+
+def _answer(kind: str, main: str, arrays: dict[str, np.ndarray], json_body: dict, headers: dict[str, str]):
+    """The body the client's Accept asks for: JSON (default), the ``main`` array as NPY, or all as NPZ."""
+    if kind == JSON:
+        return NumpyJSONResponse(json_body)
+    return array_response(kind, main, arrays, headers)
+
+
+async def _images_and_noise(request: Request, options_model, settings, registry):
+    """Options, the model, x (B, 784) and ε (K, B, Z) from the seed; samples × inputs bounds memory."""
+    options, array = await read_request(request, options_model, "inputs")
+    check_limit("inputs", len(array), settings.max_request_rows, "images")
+    check_limit("samples", options.samples, settings.max_samples, "samples")
+    check_limit("samples", options.samples * len(array), settings.max_sample_rows, "samples × inputs")
+    model = resolve_model(registry, options.model)
+    x = as_images(array)
+    _, rng = _rng(options.seed)
+    eps = rng.standard_normal((options.samples, len(x), model.latent_dim), dtype=np.float32)
+    return options, model, x, eps
+
+
+@router.post("/encode", response_model=EncodeResponse, summary="q(z|x): posterior mean and log-variance (and samples)",
+             openapi_extra=request_doc(EncodeRequest, EncodeOptions, NPY_IMAGES),
+             responses=array_responses("mean", "mean, log_var and z"))
+async def encode(request: Request, registry: RegistryDep, settings: SettingsDep, kind: AcceptDep):
+    options, model, x, eps = await _images_and_noise(request, EncodeOptions, settings, registry)
     out = await _guarded(model.encode(x))
-    result = {"model": model.name, "mean": out["mean"], "log_var": out["log_var"]}
-    if body.samples:
+    arrays = {"mean": out["mean"], "log_var": out["log_var"]}
+    if options.samples:
         z = await _guarded(model.reparameterize(out["mean"], out["log_var"], eps))  # (K, B, Z)
-        result["z"] = np.ascontiguousarray(z.transpose(1, 0, 2))  # (B, K, Z)
-    return NumpyJSONResponse(result)
+        arrays["z"] = np.ascontiguousarray(z.transpose(1, 0, 2))  # (B, K, Z)
+    return _answer(kind, "mean", arrays, {"model": model.name, **arrays}, {"X-Model": model.name})
 
 
-@router.post("/decode", response_model=ImagesResponse, summary="E[x|z]: the decoder's mean image for each latent")
-async def decode(body: DecodeRequest, registry: RegistryDep, settings: SettingsDep):
-    check_limit("latents", len(body.latents), settings.max_request_rows, "latents")
-    model = resolve_model(registry, body.model)
-    z = latents_to_array(body.latents, model.latent_dim)  # (B, Z)
+@router.post("/decode", response_model=ImagesResponse, summary="E[x|z]: the decoder's mean image for each latent",
+             openapi_extra=request_doc(DecodeRequest, DecodeOptions, NPY_LATENTS),
+             responses=array_responses("images", "images"))
+async def decode(request: Request, registry: RegistryDep, settings: SettingsDep, kind: AcceptDep):
+    options, array = await read_request(request, DecodeOptions, "latents")
+    check_limit("latents", len(array), settings.max_request_rows, "latents")
+    model = resolve_model(registry, options.model)
+    z = as_latents(array, model.latent_dim)  # (B, Z)
     out = await _guarded(model.decode(z))
-    return NumpyJSONResponse({"model": model.name, "images": images_payload(out["image"], body.format)})
+    images = out["image"].reshape(-1, 28, 28)
+    return _answer(kind, "images", {"images": images},
+                   {"model": model.name, "images": images_payload(images, options.format)}, {"X-Model": model.name})
 
 
-@router.post("/sample", response_model=SampleResponse, summary="x ~ p(x): decode z ~ N(0, temperature² I)")
-async def sample(body: SampleRequest, registry: RegistryDep, settings: SettingsDep):
-    check_limit("n", body.n, settings.max_request_rows, "samples")
-    model = resolve_model(registry, body.model)
-    seed, rng = _rng(body.seed)
-    z = rng.standard_normal((body.n, model.latent_dim), dtype=np.float32) * np.float32(body.temperature)  # (n, Z)
+@router.post("/sample", response_model=SampleResponse, summary="x ~ p(x): decode z ~ N(0, temperature² I)",
+             openapi_extra=request_doc(SampleRequest), responses=array_responses("images", "images and latents"))
+async def sample(request: Request, registry: RegistryDep, settings: SettingsDep, kind: AcceptDep):
+    options, _ = await read_request(request, SampleRequest)
+    check_limit("n", options.n, settings.max_request_rows, "samples")
+    model = resolve_model(registry, options.model)
+    seed, rng = _rng(options.seed)
+    z = rng.standard_normal((options.n, model.latent_dim), dtype=np.float32) * np.float32(options.temperature)  # (n, Z)
     out = await _guarded(model.decode(z))
-    return NumpyJSONResponse({"model": model.name, "seed": seed, "latents": z,
-                              "images": images_payload(out["image"], body.format)})
+    images = out["image"].reshape(-1, 28, 28)
+    return _answer(kind, "images", {"images": images, "latents": z},
+                   {"model": model.name, "seed": seed, "latents": z, "images": images_payload(images, options.format)},
+                   {"X-Model": model.name, "X-Seed": str(seed)})
 
 
-@router.post("/elbo", response_model=ElboResponse, summary="ELBO, its terms and the IWAE log p(x), per input, in nats")
-async def elbo(body: ElboRequest, registry: RegistryDep, settings: SettingsDep):
-    model, x, eps = _images_and_noise(body, registry, settings)
+@router.post("/elbo", response_model=ElboResponse, summary="ELBO, its terms and the IWAE log p(x), per input, in nats",
+             openapi_extra=request_doc(ElboRequest, ElboOptions, NPY_IMAGES),
+             responses=array_responses("log_likelihood", "elbo, reconstruction, kl, log_likelihood and gap"))
+async def elbo(request: Request, registry: RegistryDep, settings: SettingsDep, kind: AcceptDep):
+    _, model, x, eps = await _images_and_noise(request, ElboOptions, settings, registry)
     out = await _guarded(model.score(x, eps))
-    return NumpyJSONResponse({"model": model.name, **out, "gap": out["log_likelihood"] - out["elbo"]})
+    arrays = {**out, "gap": out["log_likelihood"] - out["elbo"]}
+    return _answer(kind, "log_likelihood", arrays, {"model": model.name, **arrays}, {"X-Model": model.name})

@@ -172,9 +172,13 @@ def test_metrics_are_prometheus_text(client):
 def test_openapi_documents_every_endpoint_with_an_example(client):
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
-    schemas = spec["components"]["schemas"]
-    for path, schema in (("/encode", "EncodeRequest"), ("/decode", "DecodeRequest"), ("/sample", "SampleRequest"), ("/elbo", "ElboRequest")):
-        assert "post" in spec["paths"][path]
-        assert schemas[schema]["examples"]
+    for path, title in (("/encode", "EncodeRequest"), ("/decode", "DecodeRequest"), ("/sample", "SampleRequest"), ("/elbo", "ElboRequest")):
+        operation = spec["paths"][path]["post"]
+        body = operation["requestBody"]["content"]
+        assert body["application/json"]["schema"]["title"] == title and body["application/json"]["schema"]["examples"]
+        assert {"application/x-npy", "application/x-npz"} <= set(operation["responses"]["200"]["content"])
+        if path != "/sample":  # the array endpoints also take NPY, with their options in the query
+            assert "application/x-npy" in body
+            assert {"model", "seed"} & {p["name"] for p in operation["parameters"] if p["in"] == "query"}
     for path in ("/models", "/models/{name}", "/health/live", "/health/ready", "/metrics"):
         assert "get" in spec["paths"][path]

@@ -25,7 +25,7 @@ def detail_text(response):
         ("/encode", {"inputs": GOOD, "samples": -1}, "samples", "greater than or equal to 0"),
         ("/encode", {"inputs": GOOD * 257}, "inputs", "over this server's limit of 256"),
         ("/encode", {"inputs": GOOD, "colour": "red"}, "colour", "Extra inputs are not permitted"),
-        ("/decode", {"latents": [[0.0] * 3]}, "latents", "expected 32 numbers (the model's latent_dim), got 3"),
+        ("/decode", {"latents": [[0.0] * 3]}, "latents", "expected 32 numbers (the model's latent_dim), got shape [3]"),
         ("/decode", {"latents": [[0.0] * 32], "format": "gif"}, "format", "'array' or 'png'"),
         ("/decode", {"latents": [[0.0] * 32] * 257}, "latents", "limit of 256"),
         ("/sample", {"n": 0}, "n", "greater than or equal to 1"),
@@ -73,8 +73,13 @@ def test_errors_do_not_echo_the_input_back(client):
 
 
 def test_a_body_that_is_not_an_object_is_422(client):
-    for body, ctype in ((b"hello", "text/plain"), (b"[]", "application/json"), (b"", "application/json")):
-        assert client.post("/sample", content=body, headers={"content-type": ctype}).status_code == 422
+    for body in (b"[]", b"", b'"n"'):
+        assert client.post("/sample", content=body, headers={"content-type": "application/json"}).status_code == 422
+
+
+def test_an_unsupported_content_type_is_415_naming_it(client):
+    response = client.post("/sample", content=b"hello", headers={"content-type": "text/plain"})
+    assert response.status_code == 415 and "text/plain" in response.json()["detail"]
 
 
 def test_non_finite_latents_are_rejected(client):
