@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = Registry(settings, metrics)
         await asyncio.to_thread(registry.load_all)
         app.state.registry = registry
+        gc.freeze()  # the loaded app and models are permanent: later collections skip them
         # Warm-up runs in the background: /health/live answers at once, /health/ready turns 200 after.
         warm_up = asyncio.create_task(asyncio.to_thread(registry.warm_up)) if settings.warmup else None
         if warm_up is None:
@@ -50,7 +52,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="vae-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.metrics = metrics
     app.state.settings = settings
-    app.dependency_overrides[get_settings] = lambda: settings
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(inference.router)
     app.include_router(meta.router)

@@ -47,17 +47,21 @@ def signature_of(inputs: Tensors, batch_axes: dict[str, int]) -> tuple:
 
 
 def take_batch(queue: deque[Job], max_cost: int, max_jobs: int | None = None) -> list[Job]:
-    """The head job, then later jobs of the same signature, in order, while the cost (and count) fits."""
-    head = queue[0]
-    batch, cost = [head], head.cost
-    for job in list(queue)[1:]:
-        if max_jobs is not None and len(batch) >= max_jobs:
-            break
-        if job.signature == head.signature and cost + job.cost <= max_cost:
+    """The head job, then later jobs of the same signature, in order, while the cost (and count) fits.
+
+    One pass over the queue; the jobs left behind keep their order.
+    """
+    head = queue.popleft()
+    batch, kept, cost = [head], [], head.cost
+    while queue:
+        job = queue.popleft()
+        fits = job.signature == head.signature and cost + job.cost <= max_cost
+        if fits and (max_jobs is None or len(batch) < max_jobs):
             batch.append(job)
             cost += job.cost
-    for job in batch:
-        queue.remove(job)
+        else:
+            kept.append(job)
+    queue.extend(kept)
     return batch
 
 

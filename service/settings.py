@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     max_queue_rows: int = Field(65536, ge=1, description="rows waiting per batcher before requests get 503")
     pad_batches: Literal["auto", "true", "false"] = Field(
         "auto", description="pad batches to power-of-two buckets (auto: on CUDA, where new shapes are costly)")
-    ort_intra_op_threads: int = Field(0, ge=0, description="ORT intra-op threads per session (0: ORT's default)")
+    ort_intra_op_threads: int = Field(
+        1, ge=0, description="ORT threads per run (1: a run takes one core and the event loop keeps the rest; 0: ORT's default, all cores)")
     ort_inter_op_threads: int = Field(1, ge=0, description="ORT inter-op threads per session")
     max_request_rows: int = Field(1024, ge=1, description="images / latents / n per request")
     max_samples: int = Field(1000, ge=1, description="samples (K) per request for /encode and /elbo")

@@ -22,14 +22,14 @@ def describe(model: ModelRuntime, registry: Registry) -> dict:
 
 
 @router.get("/models", tags=["models"], summary="every model: manifest metadata, metrics, provider in use")
-def list_models(registry: RegistryDep) -> dict:
+async def list_models(registry: RegistryDep) -> dict:
     served = [describe(m, registry) for m in registry.models.values()]
     refused = [{"name": name, "status": "unavailable", "reason": reason} for name, reason in registry.refused.items()]
     return {"default": registry.default_model, "models": served + refused}
 
 
 @router.get("/models/{name}", tags=["models"], summary="one model's manifest metadata")
-def get_model(name: str, registry: RegistryDep) -> dict:
+async def get_model(name: str, registry: RegistryDep) -> dict:
     if name in registry.models:
         return describe(registry.models[name], registry)
     if name in registry.refused:
@@ -38,12 +38,12 @@ def get_model(name: str, registry: RegistryDep) -> dict:
 
 
 @router.get("/health/live", tags=["health"], summary="the process is up")
-def live() -> dict:
+async def live() -> dict:
     return {"status": "live"}
 
 
 @router.get("/health/ready", tags=["health"], summary="200 once models are loaded and warmed up, else 503")
-def ready(registry: RegistryDep):
+async def ready(registry: RegistryDep):
     if registry.ready and registry.models:
         return {"status": "ready", "models": sorted(registry.models)}
     status = "warming up" if registry.models else "no models loaded"
@@ -51,5 +51,5 @@ def ready(registry: RegistryDep):
 
 
 @router.get("/metrics", tags=["health"], summary="Prometheus metrics")
-def metrics(request: Request) -> Response:
+async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
