@@ -127,6 +127,7 @@ class Batcher:
         executor: Executor | None = None,
         pad_to_buckets: bool = False,
         coalesce: bool = True,
+        max_concurrent_runs: int = 1,
         observer: BatchObserver | None = None,
         name: str = "batcher",
     ):
@@ -140,6 +141,11 @@ class Batcher:
         self.runs = 0  # ORT runs made: what batching saves
         self._wake = asyncio.Event()
         self._worker: asyncio.Task | None = None
+        # Runs in flight at once: a second run lets a big batch use another core while the first
+        # computes; batches still grow while every slot is busy.
+        self.max_concurrent_runs = max_concurrent_runs
+        self._slots: asyncio.Semaphore | None = None
+        self._running: set[asyncio.Task] = set()
 
     def rows_of(self, inputs: Tensors) -> int:
         name = next(iter(inputs))
@@ -178,18 +184,31 @@ class Batcher:
         return await job.future
 
     async def _work(self) -> None:
+        self._slots = self._slots or asyncio.Semaphore(self.max_concurrent_runs)
         while True:
             if not self.queue:
                 self._wake.clear()
                 await self._wake.wait()
+                continue
+            await self._slots.acquire()  # jobs keep queueing (and coalescing) while every slot is busy
+            if not self.queue:
+                self._slots.release()
                 continue
             await self._wait_to_fill()
             jobs = take_batch(self.queue, self.max_batch_rows, self.max_jobs)
             self.queued_cost -= sum(j.cost for j in jobs)
             self.observer.queue_depth(self.queued_cost)
             jobs = [j for j in jobs if not j.future.done()]  # a cancelled request never reaches ORT
-            if jobs:
-                await self._run(jobs)
+            if not jobs:
+                self._slots.release()
+                continue
+            run = asyncio.create_task(self._run(jobs))
+            self._running.add(run)
+            run.add_done_callback(self._run_done)
+
+    def _run_done(self, run: asyncio.Task) -> None:
+        self._running.discard(run)
+        self._slots.release()
 
     async def _wait_to_fill(self) -> None:
         """With a max delay: wait until the queue holds a full batch or the head has waited long enough."""
@@ -229,10 +248,12 @@ class Batcher:
                 job.future.set_result(piece)
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+        for task in [self._worker, *self._running]:
+            if task is None:
+                continue
+            task.cancel()
             try:
-                await self._worker
+                await task
             except asyncio.CancelledError:
                 pass
         for job in self.queue:

@@ -56,6 +56,9 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     options.intra_op_num_threads = settings.ort_intra_op_threads
     options.inter_op_num_threads = settings.ort_inter_op_threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle ORT threads sleep instead of spinning: a spinning pool takes the cores the event loop
+    # and the other sessions need between runs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
@@ -109,10 +112,14 @@ class ModelRuntime:
         return await self.batchers["score"].submit({"x": x, "eps": eps}, weight=eps.shape[0])
 
     def warm_up(self) -> int:
-        """Run every graph once per batch shape its batcher can produce; returns the runs made."""
+        """Run every graph once per batch shape its batcher can produce; returns the runs made.
+
+        Without padding (CPU) one run per graph: ORT's CPU kernels have no per-shape setup, and
+        running every size would only grow each session's memory arena to its largest batch.
+        """
         runs = 0
         for graph, batcher in self.batchers.items():
-            for rows in bucket_sizes(batcher.max_batch_rows):
+            for rows in bucket_sizes(batcher.max_batch_rows) if batcher.pad_to_buckets else [1]:
                 self.run_graph(graph, zero_inputs(self.manifest.graphs[graph], rows))
                 runs += 1
         return runs
@@ -177,6 +184,7 @@ class Registry:
                 executor=self.executor,
                 pad_to_buckets=pad,
                 coalesce=self.settings.batching,
+                max_concurrent_runs=self.settings.max_concurrent_runs,
                 observer=self.metrics.observer(model_dir.name, graph),
                 name=f"{model_dir.name}/{graph}",
             )

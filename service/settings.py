@@ -17,13 +17,15 @@ class Settings(BaseSettings):
     default_model: str = Field("fashion-mnist", description="model used when a request names none")
     providers: str = Field("auto", description="'auto' (CUDA if it works, then CPU) or a comma list of ORT providers")
     batching: bool = Field(True, description="coalesce concurrent requests into one ORT run (false: one request per run)")
-    max_batch_rows: int = Field(256, ge=1, description="rows per ORT run; larger requests run in chunks")
+    max_batch_rows: int = Field(
+        128, ge=1, description="rows per ORT run; larger requests run in chunks (CPU gains nothing past ~64; raise it on a GPU)")
+    max_concurrent_runs: int = Field(2, ge=1, description="ORT runs in flight per graph: a second one keeps another core busy on big batches")
     max_delay_ms: float = Field(0.0, ge=0, description="wait up to this long for a batch to fill (0: greedy)")
     max_queue_rows: int = Field(65536, ge=1, description="rows waiting per batcher before requests get 503")
     pad_batches: Literal["auto", "true", "false"] = Field(
         "auto", description="pad batches to power-of-two buckets (auto: on CUDA, where new shapes are costly)")
     ort_intra_op_threads: int = Field(
-        1, ge=0, description="ORT threads per run (1: a run takes one core and the event loop keeps the rest; 0: ORT's default, all cores)")
+        1, ge=0, description="ORT threads per run (1: a run takes one core, concurrent runs and the event loop the others; 0: all cores)")
     ort_inter_op_threads: int = Field(1, ge=0, description="ORT inter-op threads per session")
     max_request_rows: int = Field(1024, ge=1, description="images / latents / n per request")
     max_samples: int = Field(1000, ge=1, description="samples (K) per request for /encode and /elbo")

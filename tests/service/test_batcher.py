@@ -3,6 +3,7 @@
 import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections import deque
 
 import numpy as np
@@ -250,3 +251,52 @@ def test_small_pieces():
     first = take_batch(queue, max_cost=5)
     assert [j.rows for j in first] == [2, 3] and [j.rows for j in queue] == [1, 2]
     loop.close()
+
+
+class OverlapRuntime(FakeRuntime):
+    """Counts how many runs are inside the model at the same moment."""
+
+    def __init__(self, delay):
+        super().__init__(delay=delay)
+        self.inside = self.most_inside = 0
+
+    def __call__(self, inputs):
+        with self.lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            return super().__call__(inputs)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+@pytest.mark.parametrize("slots", [1, 2, 3])
+def test_runs_in_flight_never_exceed_max_concurrent_runs(slots):
+    runtime = OverlapRuntime(delay=0.02)
+    executor = ThreadPoolExecutor(max_workers=4)
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=2, max_concurrent_runs=slots, executor=executor)
+        reqs = [request(i, rows=2) for i in range(12)]  # one run each: a full batch apiece
+        results = await asyncio.gather(*(batcher.submit(r) for r in reqs))
+        await batcher.close()
+        return reqs, results
+
+    reqs, results = run(main())
+    executor.shutdown()
+    assert runtime.most_inside == slots
+    for req, res in zip(reqs, results):
+        np.testing.assert_array_equal(res["y"], 3 * req["x"] + 1)
+
+
+def test_batching_off_runs_one_request_per_run():
+    runtime = FakeRuntime(delay=0.005)
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=64, coalesce=False)
+        await asyncio.gather(*(batcher.submit(request(i)) for i in range(10)))
+        await batcher.close()
+
+    run(main())
+    assert runtime.runs == [1] * 10

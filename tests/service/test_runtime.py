@@ -54,14 +54,20 @@ def test_broken_models_are_refused_and_the_rest_served(model_dir, caplog):
     assert registry.models["good"].provider == CPU
 
 
-def test_warm_up_covers_every_bucket_and_sets_ready(model_dir):
-    registry = Registry(Settings(model_dir=model_dir, default_model="good", max_batch_rows=12), Metrics())
+def test_warm_up_covers_every_bucket_when_padding_and_sets_ready(model_dir):
+    registry = Registry(Settings(model_dir=model_dir, default_model="good", max_batch_rows=12, pad_batches="true"), Metrics())
     registry.load_all()
     assert not registry.ready
     registry.warm_up()
     assert registry.ready
     model = registry.models["good"]
     assert model.warm_up() == 4 * 5  # 4 graphs × buckets 1, 2, 4, 8, 12
+
+
+def test_warm_up_without_padding_runs_each_graph_once(model_dir):
+    registry = Registry(Settings(model_dir=model_dir, default_model="good", max_batch_rows=12, pad_batches="false"), Metrics())
+    registry.load_all()
+    assert registry.models["good"].warm_up() == 4
 
 
 def test_runtime_runs_the_graphs_through_the_batchers(model_dir):

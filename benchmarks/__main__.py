@@ -1,0 +1,137 @@
+"""``python -m benchmarks``: every scenario against vae-serve and its peers, one run, one machine.
+
+Writes ``benchmarks/results/results.{json,md}`` and ``throughput.png``. Peers: (a) vae-serve with
+batching off, (b) a naive FastAPI + onnxruntime app, (c) a FastAPI hello app (the HTTP floor),
+(d) LitServe with batching, (e) onnxruntime in this process (the compute floor). Servers run one
+at a time on 127.0.0.1; wrk (Debian's) is the load generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+
+from .load import ROOT, Peer, Server, python_command, wrk
+from .report import write_report
+from .scenarios import inprocess_rows_per_second, scenarios
+
+log = logging.getLogger("benchmarks")
+SERVICE = "vae-serve"
+
+
+def peers(model: str) -> list[Peer]:
+    service = python_command("service")
+    return [
+        Peer(SERVICE, service, {"VAE_DEFAULT_MODEL": model}),
+        Peer("vae-serve, no batching", service, {"VAE_DEFAULT_MODEL": model, "VAE_BATCHING": "false"}),
+        Peer("naive FastAPI", python_command("benchmarks.peers.naive") + ["{port}"]),
+        Peer("LitServe", python_command("benchmarks.peers.lit") + ["{port}"], npy=False),
+        Peer("hello (HTTP floor)", python_command("benchmarks.peers.hello") + ["{port}"], only=("sample n=1",)),
+    ]
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory_kb / 2**20, 1),
+            "python": platform.python_version(), "onnxruntime": ort.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def load_runs(args, all_scenarios, log_dir: Path) -> list[dict]:
+    runs = []
+    for peer in peers(args.model):
+        if args.peers and peer.name not in args.peers:
+            continue
+        with Server(peer, log_dir) as server:
+            log.info("%s ready on %s", peer.name, server.url)
+            for scenario in all_scenarios:
+                if peer.only and scenario.name not in peer.only:
+                    continue
+                body, content_type, accept, path = scenario.request(peer.npy)
+                wrk(server.url + path, body, content_type, accept, 1, 1)  # warm-up, not recorded
+                for connections in args.concurrency:
+                    server.wait_idle()  # requests the last run left in flight are not this run's
+                    result = wrk(server.url + path, body, content_type, accept, connections, args.duration)
+                    runs.append({"peer": peer.name, "scenario": scenario.name, "connections": connections,
+                                 "format": content_type.split("/")[1], "rows_per_s": result["rps"] * scenario.rows, **result})
+                    log.info("%-24s %-22s c=%-4d %8.0f req/s  p50 %6.1f ms  p99 %6.1f ms  errors %d", peer.name,
+                             scenario.name, connections, result["rps"], result["p50_us"] / 1e3, result["p99_us"] / 1e3, result["errors"])
+    return runs
+
+
+def cold_starts(args, log_dir: Path) -> list[float]:
+    """Process spawn -> /health/ready 200, vae-serve with the shipped models, default settings."""
+    times = []
+    for _ in range(args.cold_starts):
+        server = Server(Peer(SERVICE, python_command("service")), log_dir)
+        try:
+            times.append(server.start())
+        finally:
+            server.stop()
+    return times
+
+
+def soak(args, all_scenarios, log_dir: Path) -> dict:
+    """RSS after a round of every scenario, then after each stretch of /sample n=1 up to ``soak_requests``."""
+    with Server(Peer(SERVICE, python_command("service"), {"VAE_DEFAULT_MODEL": args.model}), log_dir) as server:
+        for scenario in all_scenarios:
+            body, content_type, accept, path = scenario.request(True)
+            wrk(server.url + path, body, content_type, accept, 64, 3)
+        server.wait_idle()
+        points = [{"requests": 0, "rss_mb": server.rss_mb()}]
+        body, content_type, accept, path = all_scenarios[0].request(True)
+        total = 0
+        while total < args.soak_requests:
+            result = wrk(server.url + path, body, content_type, accept, 64, args.soak_stretch)
+            total += result["requests"]
+            points.append({"requests": total, "rss_mb": server.rss_mb(), "errors": result["errors"]})
+            log.info("soak: %d requests, RSS %.0f MB", total, points[-1]["rss_mb"])
+    return {"points": points}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5, help="seconds per wrk run (default 5)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument("--model", default="fashion-mnist")
+    parser.add_argument("--peers", nargs="*", help="only these peers (names as in the table)")
+    parser.add_argument("--scenarios", nargs="*", help="only scenarios whose name starts with one of these")
+    parser.add_argument("--cold-starts", type=int, default=3)
+    parser.add_argument("--soak-requests", type=int, default=100_000, help="0 skips the memory soak")
+    parser.add_argument("--soak-stretch", type=float, default=8, help="seconds between RSS readings in the soak")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    model_dir = ROOT / "models" / args.model
+    latent_dim = json.loads((model_dir / "manifest.json").read_text())["latent_dim"]
+    chosen = [s for s in scenarios(latent_dim) if not args.scenarios or any(s.name.startswith(p) for p in args.scenarios)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_dir = args.out / "logs"
+    log_dir.mkdir(exist_ok=True)
+
+    started = time.perf_counter()
+    results = {"machine": machine(), "model": args.model, "duration_s": args.duration, "concurrency": args.concurrency}
+    results["inprocess"] = {s.name: inprocess_rows_per_second(model_dir, s) for s in chosen}
+    log.info("in-process onnxruntime: %s", {k: round(v) for k, v in results["inprocess"].items()})
+    results["cold_start_s"] = cold_starts(args, log_dir)  # first, on a quiet machine
+    log.info("cold start: %s s", [round(t, 2) for t in results["cold_start_s"]])
+    results["runs"] = load_runs(args, chosen, log_dir)
+    if args.soak_requests:
+        results["soak"] = soak(args, chosen, log_dir)
+    results["wall_s"] = time.perf_counter() - started
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    write_report(results, args.out)
+    log.info("wrote %s in %.0f s", args.out / "results.md", results["wall_s"])
+
+
+if __name__ == "__main__":
+    main()

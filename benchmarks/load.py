@@ -1,0 +1,165 @@
+"""Processes under test and the load generator: start a peer, wait for ready, drive it with wrk.
+
+Everything runs on 127.0.0.1, one server at a time, each run bounded by wrk's ``--duration``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LUA = Path(__file__).with_name("wrk.lua")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    command: list[str]  # with {port} where the port goes
+    env: dict[str, str] = field(default_factory=dict)
+    ready_path: str = "/health/ready"
+    npy: bool = True  # reads NPY bodies
+    only: tuple[str, ...] = ()  # scenario names it serves (empty: all)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def is_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class Server:
+    """A peer's process (and its children, in their own session) on a free port."""
+
+    def __init__(self, peer: Peer, log_dir: Path):
+        self.peer, self.port = peer, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{peer.name.replace(' ', '_')}.log"
+        self.process: subprocess.Popen | None = None
+        self.idle_share = 0.0  # CPU share the peer burns with no load (LitServe's workers poll)
+
+    def start(self, timeout_s: float = 120.0) -> float:
+        """Start and wait until ready; returns seconds from spawn to the first 200 from the ready path."""
+        command = [part.format(port=self.port) for part in self.peer.command]
+        env = {**os.environ, "VAE_PORT": str(self.port), "VAE_HOST": "127.0.0.1", **self.peer.env}
+        started = time.perf_counter()
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log_path.open("w"),
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        while time.perf_counter() - started < timeout_s:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.peer.name} exited with {self.process.returncode}: see {self.log_path}")
+            if is_ready(self.url + self.peer.ready_path):
+                ready_after = time.perf_counter() - started
+                before = self.cpu_seconds()
+                time.sleep(1.0)
+                self.idle_share = self.cpu_seconds() - before
+                return ready_after
+            time.sleep(0.01)
+        self.stop()
+        raise RuntimeError(f"{self.peer.name} not ready in {timeout_s:.0f} s: see {self.log_path}")
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server process and its children, from /proc."""
+        pids = [self.process.pid] + [int(p) for p in _children(self.process.pid)]
+        total = 0
+        for pid in pids:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except FileNotFoundError:
+                pass
+        return total / 1024
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server and its children."""
+        total = 0
+        for pid in [self.process.pid] + [int(p) for p in _children(self.process.pid)]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+            except (FileNotFoundError, IndexError):
+                pass
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def wait_idle(self, window_s: float = 0.3, busy_share: float = 0.1, timeout_s: float = 60.0) -> float:
+        """Wait until the server stops working off requests a finished wrk run left in flight."""
+        started = time.perf_counter()
+        while time.perf_counter() - started < timeout_s:
+            before = self.cpu_seconds()
+            time.sleep(window_s)
+            if self.cpu_seconds() - before < (self.idle_share + busy_share) * window_s:
+                break
+        return time.perf_counter() - started
+
+    def stop(self) -> None:
+        """SIGTERM to the whole process group, SIGKILL to whatever is left (LitServe's workers)."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _children(pid: int) -> list[str]:
+    found = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in path.read_text().split():
+            found += [child, *_children(int(child))]
+    return found
+
+
+def wrk(url: str, body: bytes, content_type: str, accept: str, connections: int, duration_s: float) -> dict:
+    """One wrk run: requests, errors and latency percentiles (µs) as a dict."""
+    with tempfile.NamedTemporaryFile(suffix=".body") as body_file:
+        body_file.write(body)
+        body_file.flush()
+        threads = min(2, connections)
+        command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s:g}s", "--timeout", "10s",
+                   "-s", str(LUA), url, "--", body_file.name, content_type, accept]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    seconds = result["duration_us"] / 1e6
+    errors = sum(result[k] for k in ("connect_errors", "read_errors", "write_errors", "non_2xx", "timeouts"))
+    return {**result, "rps": result["requests"] / seconds, "errors": errors}
+
+
+def python_command(module: str) -> list[str]:
+    return [sys.executable, "-m", module]

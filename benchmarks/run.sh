@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One command for the whole benchmark: installs wrk (Debian) and the bench extra, then runs
+# every scenario against vae-serve and its peers. Arguments go to `python -m benchmarks`
+# (e.g. --duration 2 --concurrency 1 64). Results: benchmarks/results/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v wrk >/dev/null; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends wrk
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q -e '.[bench]'
+exec .venv/bin/python -m benchmarks "$@"
