@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 from .load import ROOT, Peer, Server, python_command, wrk
 from .report import write_report
-from .scenarios import inprocess_rows_per_second, scenarios
+from .scenarios import NPY, inprocess_rows_per_second, scenarios
 
 log = logging.getLogger("benchmarks")
 SERVICE = "vae-serve"
@@ -61,7 +61,7 @@ def load_runs(args, all_scenarios, log_dir: Path) -> list[dict]:
                     server.wait_idle()  # requests the last run left in flight are not this run's
                     result = wrk(server.url + path, body, content_type, accept, connections, args.duration)
                     runs.append({"peer": peer.name, "scenario": scenario.name, "connections": connections,
-                                 "format": content_type.split("/")[1], "rows_per_s": result["rps"] * scenario.rows, **result})
+                                 "format": "npy" if content_type == NPY else "json", "rows_per_s": result["rps"] * scenario.rows, **result})
                     log.info("%-24s %-22s c=%-4d %8.0f req/s  p50 %6.1f ms  p99 %6.1f ms  errors %d", peer.name,
                              scenario.name, connections, result["rps"], result["p50_us"] / 1e3, result["p99_us"] / 1e3, result["errors"])
     return runs

@@ -21,11 +21,11 @@ class Settings(BaseSettings):
         128, ge=1, description="rows per ORT run; larger requests run in chunks (CPU gains nothing past ~64; raise it on a GPU)")
     max_concurrent_runs: int = Field(2, ge=1, description="ORT runs in flight per graph: a second one keeps another core busy on big batches")
     max_delay_ms: float = Field(0.0, ge=0, description="wait up to this long for a batch to fill (0: greedy)")
-    max_queue_rows: int = Field(65536, ge=1, description="rows waiting per batcher before requests get 503")
+    max_queue_rows: int = Field(
+        262144, ge=1, description="rows waiting per batcher before requests get 503 (/elbo counts K × inputs; 256 requests of 64 images × K=16 fit)")
     pad_batches: Literal["auto", "true", "false"] = Field(
         "auto", description="pad batches to power-of-two buckets (auto: on CUDA, where new shapes are costly)")
-    ort_intra_op_threads: int = Field(
-        1, ge=0, description="ORT threads per run (1: a run takes one core, concurrent runs and the event loop the others; 0: all cores)")
+    ort_intra_op_threads: int = Field(0, ge=0, description="ORT threads per run (0: ORT's default, one per core; idle threads sleep, they do not spin)")
     ort_inter_op_threads: int = Field(1, ge=0, description="ORT inter-op threads per session")
     max_request_rows: int = Field(1024, ge=1, description="images / latents / n per request")
     max_samples: int = Field(1000, ge=1, description="samples (K) per request for /encode and /elbo")
