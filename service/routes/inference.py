@@ -6,16 +6,13 @@ import random
 import secrets
 
 import numpy as np
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 
 from ..batcher import QueueFull
 from ..bodies import array_responses, read_request, request_doc
 from ..codec import JSON, array_response, negotiate
-from ..deps import RegistryDep, SettingsDep, resolve_model
+from ..deps import resolve_model
 from ..responses import NumpyJSONResponse, images_payload
-from ..runtime import ModelRuntime
 from ..schemas import (
     DecodeOptions, DecodeRequest, ElboOptions, ElboRequest, ElboResponse, EncodeOptions, EncodeRequest, EncodeResponse,
     ImagesResponse, SampleRequest, SampleResponse, as_images, as_latents, check_limit,
@@ -43,14 +40,6 @@ async def _guarded(awaitable):
         return await awaitable
     except QueueFull as exc:
         raise HTTPException(503, f"server busy: {exc}", headers={"Retry-After": "1"}) from None
-
-
-async def accepted(accept: Annotated[str | None, Header(description="application/json (default), application/x-npy or application/x-npz")] = None) -> str:
-    """Negotiated before any work is done: an Accept we cannot answer is a 406 up front."""
-    return negotiate(accept)
-
-
-AcceptDep = Annotated[str, Depends(accepted)]
 
 
 def _answer(kind: str, main: str, arrays: dict[str, np.ndarray], json_body: dict, headers: dict[str, str]):
@@ -83,7 +72,7 @@ async def _images_and_noise(request: Request, options_model, settings, registry)
 @router.post("/encode", response_model=EncodeResponse, summary="q(z|x): posterior mean and log-variance (and samples)",
              openapi_extra=request_doc(EncodeRequest, EncodeOptions, NPY_IMAGES),
              responses=array_responses("mean", "mean, log_var and z"))
-async def encode(request: Request, ):
+async def encode(request: Request):
     registry, settings, kind = _context(request)
     options, model, x, eps = await _images_and_noise(request, EncodeOptions, settings, registry)
     out = await _guarded(model.encode(x))
@@ -97,7 +86,7 @@ async def encode(request: Request, ):
 @router.post("/decode", response_model=ImagesResponse, summary="E[x|z]: the decoder's mean image for each latent",
              openapi_extra=request_doc(DecodeRequest, DecodeOptions, NPY_LATENTS),
              responses=array_responses("images", "images"))
-async def decode(request: Request, ):
+async def decode(request: Request):
     registry, settings, kind = _context(request)
     options, array = await read_request(request, DecodeOptions, "latents")
     check_limit("latents", len(array), settings.max_request_rows, "latents")
@@ -111,7 +100,7 @@ async def decode(request: Request, ):
 
 @router.post("/sample", response_model=SampleResponse, summary="x ~ p(x): decode z ~ N(0, temperature² I)",
              openapi_extra=request_doc(SampleRequest), responses=array_responses("images", "images and latents"))
-async def sample(request: Request, ):
+async def sample(request: Request):
     registry, settings, kind = _context(request)
     options, _ = await read_request(request, SampleRequest)
     check_limit("n", options.n, settings.max_request_rows, "samples")
@@ -128,7 +117,7 @@ async def sample(request: Request, ):
 @router.post("/elbo", response_model=ElboResponse, summary="ELBO, its terms and the IWAE log p(x), per input, in nats",
              openapi_extra=request_doc(ElboRequest, ElboOptions, NPY_IMAGES),
              responses=array_responses("log_likelihood", "elbo, reconstruction, kl, log_likelihood and gap"))
-async def elbo(request: Request, ):
+async def elbo(request: Request):
     registry, settings, kind = _context(request)
     _, model, x, eps = await _images_and_noise(request, ElboOptions, settings, registry)
     out = await _guarded(model.score(x, eps))
