@@ -11,10 +11,11 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from . import __version__
-from .errors import validation_error
+from .errors import oip_error, validation_error
 from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
-from .routes import inference, meta
+from .oip import OIPError
+from .routes import inference, meta, oip
 from .runtime import Registry
 from .settings import Settings, get_settings
 
@@ -55,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(inference.router)
     app.include_router(meta.router)
+    app.include_router(oip.router)
+    app.add_exception_handler(OIPError, oip_error)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

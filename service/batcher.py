@@ -113,6 +113,32 @@ class BatchObserver:
 
     def queue_wait(self, seconds: float) -> None: ...
 
+    def run_done(self, rows: int, compute_s: float, request_s: list[float], ok: bool) -> None:
+        """After a run: its rows, its compute time and each request's time since it was queued."""
+
+
+class FanOut(BatchObserver):
+    """Several observers as one (Prometheus metrics and the OIP statistics)."""
+
+    def __init__(self, *observers: BatchObserver):
+        self.observers = observers
+
+    def batch(self, rows: int, jobs: int) -> None:
+        for o in self.observers:
+            o.batch(rows, jobs)
+
+    def queue_depth(self, rows: int) -> None:
+        for o in self.observers:
+            o.queue_depth(rows)
+
+    def queue_wait(self, seconds: float) -> None:
+        for o in self.observers:
+            o.queue_wait(seconds)
+
+    def run_done(self, rows: int, compute_s: float, request_s: list[float], ok: bool) -> None:
+        for o in self.observers:
+            o.run_done(rows, compute_s, request_s, ok)
+
 
 class Batcher:
     """One per (model, graph). ``await submit(inputs)`` returns that request's slice of a batched run."""
@@ -232,6 +258,7 @@ class Batcher:
         inputs = pad_rows(inputs, rows, target, self.batch_axes)
         self.runs += 1
         self.observer.batch(rows, len(jobs))
+        started = time.perf_counter()
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, inputs)
             if target != rows:
@@ -242,10 +269,16 @@ class Batcher:
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(exc)
+            self._report(jobs, rows, started, ok=False)
             return
         for job, piece in zip(jobs, pieces):
             if not job.future.done():
                 job.future.set_result(piece)
+        self._report(jobs, rows, started, ok=True)
+
+    def _report(self, jobs: list[Job], rows: int, started: float, ok: bool) -> None:
+        now = time.perf_counter()
+        self.observer.run_done(rows, now - started, [now - j.enqueued_at for j in jobs], ok)
 
     async def close(self) -> None:
         for task in [self._worker, *self._running]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 
+from .oip import OIPError
 from .responses import NumpyJSONResponse
 
 
@@ -23,3 +24,8 @@ async def validation_error(request: Request, exc: RequestValidationError) -> Num
     if len(everything) > MAX_ERRORS:
         errors.append({"loc": ["body"], "msg": f"and {len(everything) - MAX_ERRORS} more errors", "type": "too_many_errors"})
     return NumpyJSONResponse({"detail": errors}, status_code=422)
+
+
+async def oip_error(request: Request, exc: OIPError) -> NumpyJSONResponse:
+    """The Open Inference Protocol's error shape: ``{"error": "..."}`` with the protocol's status."""
+    return NumpyJSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)

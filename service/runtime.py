@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .batcher import Batcher, Tensors, bucket_sizes
+from .batcher import Batcher, FanOut, Tensors, bucket_sizes
 from .manifest import REQUIRED_GRAPHS, GraphSpec, Manifest, ManifestError, load_manifest
 from .metrics import Metrics
+from .oip import GraphStats
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class ModelRuntime:
     sessions: dict[str, ort.InferenceSession]
     provider: str
     batchers: dict[str, Batcher] = field(default_factory=dict)
+    stats: dict[str, GraphStats] = field(default_factory=dict)  # per graph, for /v2/models/{m}/stats
 
     @property
     def latent_dim(self) -> int:
@@ -175,6 +177,7 @@ class Registry:
         runtime = ModelRuntime(model_dir.name, manifest, sessions, actual)
         pad = self.settings.pad_batches == "true" or (self.settings.pad_batches == "auto" and actual == CUDA)
         for graph in REQUIRED_GRAPHS:
+            runtime.stats[graph] = GraphStats()
             runtime.batchers[graph] = Batcher(
                 run=lambda inputs, g=graph: runtime.run_graph(g, inputs),
                 batch_axes=manifest.graphs[graph].batch_axes,
@@ -185,7 +188,7 @@ class Registry:
                 pad_to_buckets=pad,
                 coalesce=self.settings.batching,
                 max_concurrent_runs=self.settings.max_concurrent_runs,
-                observer=self.metrics.observer(model_dir.name, graph),
+                observer=FanOut(self.metrics.observer(model_dir.name, graph), runtime.stats[graph]),
                 name=f"{model_dir.name}/{graph}",
             )
         log.info("model %s v%s loaded on %s (latent_dim=%d, likelihood=%s) in %.2fs", runtime.name, manifest.version,

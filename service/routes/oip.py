@@ -1,0 +1,113 @@
+"""/v2: the Open Inference Protocol (KServe v2) beside the REST API, on the same batchers.
+
+Protocol parsing and answers live in ``service.oip``; these routes find the graph, apply the
+server's limits and run it. Errors are ``{"error": "..."}`` (see ``oip_error`` in app.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from .. import __version__
+from ..batcher import QueueFull
+from ..oip import EXTENSIONS, HEADER_LENGTH, OIPError, bad_request, infer_response, model_metadata, parse_infer_request
+from ..responses import NumpyJSONResponse
+from ..runtime import ModelRuntime, Registry
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol (KServe v2)"], default_response_class=NumpyJSONResponse)
+
+
+def _registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+def _graph(registry: Registry, name: str, version: str | None = None) -> tuple[ModelRuntime, str]:
+    """``fashion-mnist-decoder`` -> (the fashion-mnist runtime, "decoder"); 404 for anything else."""
+    model_name, _, graph = name.rpartition("-")
+    runtime = registry.models.get(model_name)
+    if runtime is None or graph not in runtime.batchers:
+        if model_name in registry.refused:
+            raise OIPError(503, f"model {name!r} is unavailable: {registry.refused[model_name]}")
+        raise OIPError(404, f"unknown model {name!r}; models are <model>-<graph>, e.g. {next(iter(_names(registry)), 'none')}")
+    if version is not None and version != runtime.manifest.version:
+        raise OIPError(404, f"model {name!r} has no version {version!r} (it serves {runtime.manifest.version!r})")
+    return runtime, graph
+
+
+def _names(registry: Registry) -> list[str]:
+    return [f"{m}-{g}" for m, runtime in registry.models.items() for g in runtime.batchers]
+
+
+@router.get("", summary="server metadata: name, version, extensions")
+async def server_metadata() -> dict:
+    return {"name": "vae-serve", "version": __version__, "extensions": EXTENSIONS}
+
+
+@router.get("/health/live", summary="200 while the process runs")
+async def server_live() -> Response:
+    return Response(status_code=200)
+
+
+@router.get("/health/ready", summary="200 once every model is loaded and warmed up")
+async def server_ready(request: Request) -> Response:
+    registry = _registry(request)
+    if not (registry.ready and registry.models):
+        raise OIPError(503, "not ready: models are loading or warming up")
+    return Response(status_code=200)
+
+
+@router.get("/models/stats", summary="statistics of every model")
+async def all_stats(request: Request) -> dict:
+    return {"model_stats": [runtime.stats[graph].report(f"{model}-{graph}", runtime.manifest.version)
+                            for model, runtime in _registry(request).models.items() for graph in runtime.batchers]}
+
+
+@router.get("/models/{name}", summary="model metadata: inputs and outputs with datatypes and shapes")
+@router.get("/models/{name}/versions/{version}", summary="model metadata of one version")
+async def metadata(name: str, request: Request, version: str | None = None) -> dict:
+    runtime, graph = _graph(_registry(request), name, version)
+    return model_metadata(name, runtime.manifest.version, runtime.manifest.graphs[graph])
+
+
+@router.get("/models/{name}/ready", summary="200 when the model can serve")
+@router.get("/models/{name}/versions/{version}/ready", summary="200 when this version can serve")
+async def model_ready(name: str, request: Request, version: str | None = None) -> Response:
+    registry = _registry(request)
+    _graph(registry, name, version)
+    if not registry.ready:
+        raise OIPError(503, f"model {name!r} is warming up")
+    return Response(status_code=200)
+
+
+@router.get("/models/{name}/stats", summary="Triton-style inference statistics")
+@router.get("/models/{name}/versions/{version}/stats", summary="statistics of one version")
+async def model_stats(name: str, request: Request, version: str | None = None) -> dict:
+    runtime, graph = _graph(_registry(request), name, version)
+    return {"model_stats": [runtime.stats[graph].report(name, runtime.manifest.version)]}
+
+
+@router.post("/models/{name}/infer", summary="inference, with JSON or binary tensors")
+@router.post("/models/{name}/versions/{version}/infer", summary="inference on one version")
+async def infer(name: str, request: Request, version: str | None = None) -> Response:
+    registry, settings = _registry(request), request.app.state.settings
+    runtime, graph = _graph(registry, name, version)
+    spec = runtime.manifest.graphs[graph]
+    parsed = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH), spec)
+    first = next(iter(parsed.inputs))
+    rows = parsed.inputs[first].shape[spec.batch_axes[first]]
+    samples = parsed.inputs["eps"].shape[0] if "eps" in parsed.inputs else 1  # K: each row costs K decoder rows
+    if rows > settings.max_request_rows:
+        raise bad_request(f"batch of {rows} rows is over this server's limit of {settings.max_request_rows}")
+    if samples * rows > settings.max_sample_rows:
+        raise bad_request(f"eps: {samples} samples × {rows} rows is over this server's limit of {settings.max_sample_rows}")
+    try:
+        results = await asyncio.wait_for(runtime.batchers[graph].submit(parsed.inputs, weight=samples), parsed.timeout_s)
+    except QueueFull as exc:
+        raise OIPError(503, f"server busy: {exc}", {"Retry-After": "1"}) from None
+    except TimeoutError:  # the queued job was cancelled with the wait: it never reaches ORT
+        raise OIPError(504, f"no result within parameters.timeout ({parsed.timeout_s * 1e6:.0f} µs)") from None
+    body, headers = infer_response(name, runtime.manifest.version, parsed, results)
+    return Response(body, headers=headers)
