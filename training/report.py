@@ -36,6 +36,21 @@ def _save_image(plt, canvas: np.ndarray, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _write_map_geometry(fig, ax, center: np.ndarray, components: np.ndarray, path: Path) -> Path:
+    """Where the latent map's axes sit in its PNG and how a point there maps back to z, so a
+    click on the picture decodes the latent under it: z = center + (p1, p2) @ components."""
+    width, height = fig.canvas.get_width_height()
+    box = ax.get_position()  # figure fractions, origin bottom-left
+    geometry = {
+        "image": "latent_map.png", "width": width, "height": height,
+        "axes_px": [round(box.x0 * width, 2), round((1 - box.y1) * height, 2), round(box.x1 * width, 2), round((1 - box.y0) * height, 2)],
+        "xlim": [float(v) for v in ax.get_xlim()], "ylim": [float(v) for v in ax.get_ylim()],
+        "center": [float(v) for v in center], "components": [[float(v) for v in row] for row in components],
+    }
+    path.write_text(json.dumps(geometry, indent=1))
+    return path
+
+
 @torch.no_grad()
 def write_report(run_dir: Path, out_dir: Path, seed: int = 0) -> list[Path]:
     import matplotlib
@@ -89,11 +104,12 @@ def write_report(run_dir: Path, out_dir: Path, seed: int = 0) -> list[Path]:
 
     means = torch.cat([model.encoder(test[i:i + 2000])[0] for i in range(0, len(test), 2000)]).numpy()
     if z_dim > 2:
-        centred = means - means.mean(0)
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        points, axis_label = centred @ vt[:2].T, "principal component"
+        center = means.mean(0)
+        _, _, vt = np.linalg.svd(means - center, full_matrices=False)
+        components, axis_label = vt[:2], "principal component"  # (2, Z)
     else:
-        points, axis_label = means, "z"
+        center, components, axis_label = np.zeros(2, np.float32), np.eye(2, dtype=np.float32), "z"
+    points = (means - center) @ components.T  # (N, 2)
     fig, ax = plt.subplots(figsize=(6.2, 5), dpi=100)
     labels = splits.test_labels.numpy()
     for c in range(10):
@@ -105,6 +121,7 @@ def write_report(run_dir: Path, out_dir: Path, seed: int = 0) -> list[Path]:
     fig.tight_layout()
     written.append(out_dir / "latent_map.png")
     fig.savefig(written[-1])
+    written.append(_write_map_geometry(fig, ax, center, components, out_dir / "latent_map.json"))
     plt.close(fig)
 
     if z_dim == 2:
