@@ -9,9 +9,13 @@ apt_install() {
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"
 }
-# Fashion-MNIST's IDX files from Debian, for the training tests; wrk for the benchmark harness's test.
-[ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || apt_install dataset-fashion-mnist
-command -v wrk >/dev/null || apt_install wrk
+# From Debian: Fashion-MNIST's IDX files (training tests), wrk (the benchmark harness's test) and
+# chromium (the playground's browser tests drive it through Playwright; no browser download).
+missing=()
+[ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
+command -v wrk >/dev/null || missing+=(wrk)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q -e '.[train,dev,bench]'

@@ -9,13 +9,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.staticfiles import StaticFiles
 
 from . import __version__
 from .errors import oip_error, validation_error
 from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
 from .oip import OIPError
-from .routes import inference, meta, oip
+from .routes import inference, meta, oip, playground
 from .runtime import Registry
 from .settings import Settings, get_settings
 
@@ -57,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(inference.router)
     app.include_router(meta.router)
     app.include_router(oip.router)
+    app.include_router(playground.router)
+    app.mount("/static", StaticFiles(directory=playground.STATIC), name="static")
     app.add_exception_handler(OIPError, oip_error)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

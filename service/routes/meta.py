@@ -1,9 +1,11 @@
-"""GET /models, /models/{name}, /health/live, /health/ready, /metrics."""
+"""GET /models, /models/{name} and its report figures, /health/live, /health/ready, /metrics."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..deps import RegistryDep
@@ -12,12 +14,24 @@ from ..runtime import ModelRuntime, Registry
 router = APIRouter()
 
 
+REPORT_TYPES = {".png": "image/png", ".json": "application/json"}
+
+
+def report_files(registry: Registry, name: str) -> dict[str, Path]:
+    """The training report's figures (and the latent map's geometry) shipped with a model."""
+    folder = registry.settings.model_dir / name / "report"
+    if not folder.is_dir():
+        return {}
+    return {p.name: p for p in sorted(folder.iterdir()) if p.suffix in REPORT_TYPES and p.is_file()}
+
+
 def describe(model: ModelRuntime, registry: Registry) -> dict:
     return {
         **model.manifest.summary(),
         "status": "available",
         "provider": model.provider,
         "default": model.name == registry.default_model,
+        "report": list(report_files(registry, model.name)),
     }
 
 
@@ -35,6 +49,16 @@ async def get_model(name: str, registry: RegistryDep) -> dict:
     if name in registry.refused:
         return JSONResponse({"name": name, "status": "unavailable", "reason": registry.refused[name]}, status_code=503)
     raise HTTPException(404, f"unknown model {name!r}; available: {', '.join(sorted(registry.models)) or 'none'}")
+
+
+@router.get("/models/{name}/report/{file}", tags=["models"], summary="a figure from the model's training report")
+async def report_file(name: str, file: str, registry: RegistryDep) -> FileResponse:
+    if name not in registry.models:
+        raise HTTPException(404, f"unknown model {name!r}")
+    path = report_files(registry, name).get(file)  # only names listed from the folder: no path tricks
+    if path is None:
+        raise HTTPException(404, f"model {name!r} has no report file {file!r}")
+    return FileResponse(path, media_type=REPORT_TYPES[path.suffix])
 
 
 @router.get("/health/live", tags=["health"], summary="the process is up")

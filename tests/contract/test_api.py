@@ -182,3 +182,22 @@ def test_openapi_documents_every_endpoint_with_an_example(client):
             assert {"model", "seed"} & {p["name"] for p in operation["parameters"] if p["in"] == "query"}
     for path in ("/models", "/models/{name}", "/health/live", "/health/ready", "/metrics"):
         assert "get" in spec["paths"][path]
+
+
+def test_report_figures_are_served_and_nothing_else(client, models):
+    assert {"latent_map.png", "latent_map.json", "samples.png"} <= set(models["fashion-mnist"]["report"])
+    assert "manifold.png" in models["fashion-mnist-2d"]["report"]
+    figure = client.get("/models/fashion-mnist/report/samples.png")
+    assert figure.status_code == 200 and figure.headers["content-type"] == "image/png" and figure.content[:4] == b"\x89PNG"
+    geometry = client.get("/models/fashion-mnist-2d/report/latent_map.json").json()
+    assert geometry["components"] == [[1.0, 0.0], [0.0, 1.0]]
+    for path in ("/models/fashion-mnist/report/..%2Fmanifest.json", "/models/fashion-mnist/report/nope.png",
+                 "/models/nope/report/samples.png", "/models/fashion-mnist/report/%2E%2E"):
+        assert client.get(path).status_code == 404, path
+
+
+def test_the_playground_page_and_its_assets_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert asset in page.text and client.get(asset).status_code == 200

@@ -1,0 +1,262 @@
+// The playground: plain JS against the service's own endpoints (/models, /sample, /decode, /encode, /elbo).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const MAX_SLIDERS = 16;
+const state = { model: null, info: null, z: [], ends: { a: null, b: null }, nextEnd: "a", seq: {} };
+
+async function api(path, body) {
+  const response = await fetch(path, body === undefined ? {} : {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+  });
+  const data = await response.json();
+  if (!response.ok) throw new Error(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail));
+  return data;
+}
+
+function status(message, isError = false) {
+  $("status").textContent = message;
+  $("status").classList.toggle("error", isError);
+}
+
+// Only the newest answer of each kind is shown: an older request that returns late is dropped.
+async function latest(kind, work) {
+  const ticket = (state.seq[kind] = (state.seq[kind] || 0) + 1);
+  const result = await work();
+  return ticket === state.seq[kind] ? result : null;
+}
+
+function debounce(fn, ms) {
+  let timer;
+  return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
+}
+
+const png = (b64) => `data:image/png;base64,${b64}`;
+const gaussian = () => Math.sqrt(-2 * Math.log(1 - Math.random())) * Math.cos(2 * Math.PI * Math.random());
+
+async function decode(latents) {
+  const out = await api("/decode", { model: state.model, latents, format: "png" });
+  return out.images.map(png);
+}
+
+// ---- model picker and metadata
+async function loadModels() {
+  const listing = await api("/models");
+  const select = $("model");
+  for (const m of listing.models.filter((m) => m.status === "available")) {
+    select.add(new Option(`${m.name} (z = ${m.latent_dim}, ${m.likelihood})`, m.name, false, m.name === listing.default));
+  }
+  state.catalog = Object.fromEntries(listing.models.map((m) => [m.name, m]));
+  select.addEventListener("change", () => selectModel(select.value));
+  await selectModel(select.value);
+}
+
+function showMetadata(info) {
+  const m = info.metrics || {};
+  const fmt = (v) => (typeof v === "number" ? v.toFixed(2) : v ?? "–");
+  const rows = [
+    ["latent dim", info.latent_dim], ["likelihood", info.likelihood], ["architecture", info.architecture],
+    ["test ELBO", fmt(m.test_elbo)], [`test log p(x) (K = ${m.iwae_samples ?? "?"})`, fmt(m.test_log_likelihood)],
+    ["gap", fmt(m.test_gap)], ["KL", fmt(m.test_kl)], ["active units", m.active_units ?? "–"], ["provider", info.provider],
+  ];
+  $("metadata").replaceChildren(...rows.flatMap(([k, v]) => {
+    const dt = document.createElement("dt"); dt.textContent = k;
+    const dd = document.createElement("dd"); dd.textContent = v; dd.dataset.field = k;
+    return [dt, dd];
+  }));
+}
+
+async function selectModel(name) {
+  state.model = name;
+  state.info = state.catalog[name];
+  state.ends = { a: null, b: null };
+  state.nextEnd = "a";
+  showMetadata(state.info);
+  buildSliders(state.info.latent_dim);
+  $("strip").replaceChildren();
+  $("end-a").removeAttribute("src");
+  $("end-b").removeAttribute("src");
+  for (const k of ["elbo", "reconstruction", "kl", "log_likelihood", "gap"]) $(`score-${k}`).textContent = "–";
+  $("reconstruction").removeAttribute("src");
+  $("binarize-note").textContent = state.info.likelihood === "bernoulli"
+    ? "Bernoulli model: the drawing is binarized at 0.5 before scoring, as its test set is."
+    : "Gaussian model: continuous pixels are scored; log-densities can be positive.";
+  status(`model ${name}`);
+  await Promise.all([sample(), decodeSliders(), loadMap()]);
+}
+
+// ---- samples from the prior
+async function sample() {
+  const body = { model: state.model, n: 16, seed: Number($("seed").value), temperature: Number($("temperature").value), format: "png" };
+  const out = await latest("sample", () => api("/sample", body));
+  if (!out) return;
+  $("sample-grid").replaceChildren(...out.images.map((b64, i) => {
+    const img = document.createElement("img");
+    img.src = png(b64);
+    img.alt = `sample ${i}`;
+    img.addEventListener("click", () => { setEnd(out.latents[i], img.src); loadIntoSliders(out.latents[i]); });
+    return img;
+  }));
+}
+
+// ---- latent sliders
+function buildSliders(dim) {
+  state.z = new Array(dim).fill(0);
+  const shown = Math.min(dim, MAX_SLIDERS);
+  const parts = [];
+  for (let d = 0; d < shown; d++) {
+    const label = document.createElement("label");
+    label.textContent = `z${d + 1}`;
+    label.htmlFor = `z-${d}`;
+    const input = Object.assign(document.createElement("input"), { type: "range", min: -3, max: 3, step: 0.05, value: 0, id: `z-${d}` });
+    const value = Object.assign(document.createElement("output"), { textContent: "0.00" });
+    input.addEventListener("input", () => {
+      state.z[d] = Number(input.value);
+      value.textContent = state.z[d].toFixed(2);
+      debouncedDecode();
+    });
+    parts.push(label, input, value);
+  }
+  $("sliders").replaceChildren(...parts);
+  $("slider-note").textContent = dim > shown ? `first ${shown} of ${dim} dimensions; the others keep their values` : "";
+}
+
+function loadIntoSliders(z) {
+  state.z = z.slice();
+  document.querySelectorAll("#sliders input").forEach((input, d) => {
+    input.value = z[d];
+    input.nextElementSibling.textContent = Number(z[d]).toFixed(2);
+  });
+  decodeSliders();
+}
+
+async function decodeSliders() {
+  const images = await latest("sliders", () => decode([state.z]));
+  if (images) $("decoded").src = images[0];
+}
+const debouncedDecode = debounce(decodeSliders, 40);
+
+// ---- interpolation
+function setEnd(z, src) {
+  state.ends[state.nextEnd] = z.slice();
+  $(`end-${state.nextEnd}`).src = src;
+  state.nextEnd = state.nextEnd === "a" ? "b" : "a";
+  interpolate();
+}
+
+async function interpolate() {
+  const { a, b } = state.ends;
+  if (!a || !b) return;
+  const steps = Math.max(2, Math.min(16, Number($("steps").value) || 10));
+  const latents = Array.from({ length: steps }, (_, i) => a.map((v, d) => v + (b[d] - v) * (i / (steps - 1))));
+  const images = await latest("strip", () => decode(latents));
+  if (!images) return;
+  $("strip").replaceChildren(...images.map((src, i) => Object.assign(document.createElement("img"), { src, alt: `step ${i}` })));
+}
+
+// ---- drawing, upload, encode and score
+function setupPad() {
+  const pad = $("pad");
+  const ctx = pad.getContext("2d", { willReadFrequently: true });
+  const clear = () => { ctx.fillStyle = "#000"; ctx.fillRect(0, 0, 28, 28); };
+  clear();
+  let last = null;
+  const at = (e) => { const r = pad.getBoundingClientRect(); return [(e.clientX - r.left) * 28 / r.width, (e.clientY - r.top) * 28 / r.height]; };
+  pad.addEventListener("pointerdown", (e) => { pad.setPointerCapture(e.pointerId); last = at(e); stroke(last, last); });
+  pad.addEventListener("pointermove", (e) => { if (last) { const p = at(e); stroke(last, p); last = p; } });
+  pad.addEventListener("pointerup", () => { last = null; });
+  function stroke(from, to) {
+    ctx.strokeStyle = "#fff"; ctx.lineWidth = 2.4; ctx.lineCap = "round";
+    ctx.beginPath(); ctx.moveTo(...from); ctx.lineTo(...to); ctx.stroke();
+  }
+  $("clear").addEventListener("click", clear);
+  $("upload").addEventListener("change", () => {
+    const file = $("upload").files[0];
+    if (!file) return;
+    const image = new Image();
+    image.onload = () => { clear(); ctx.drawImage(image, 0, 0, 28, 28); URL.revokeObjectURL(image.src); encode(); };
+    image.src = URL.createObjectURL(file);
+  });
+  return ctx;
+}
+
+function padPixels(ctx) {
+  const rgba = ctx.getImageData(0, 0, 28, 28).data;
+  const x = new Array(784);
+  for (let i = 0; i < 784; i++) {
+    let v = (0.299 * rgba[4 * i] + 0.587 * rgba[4 * i + 1] + 0.114 * rgba[4 * i + 2]) / 255;
+    if ($("invert").checked) v = 1 - v;
+    x[i] = state.info.likelihood === "bernoulli" ? (v >= 0.5 ? 1 : 0) : Math.round(v * 1000) / 1000;
+  }
+  return x;
+}
+
+async function encode() {
+  const x = padPixels(state.pad);
+  try {
+    const [posterior, scores] = await Promise.all([
+      api("/encode", { model: state.model, inputs: [x] }),
+      api("/elbo", { model: state.model, inputs: [x], samples: 100, seed: 0 }),
+    ]);
+    for (const k of ["elbo", "reconstruction", "kl", "log_likelihood", "gap"]) $(`score-${k}`).textContent = scores[k][0].toFixed(2);
+    state.encoded = posterior.mean[0];
+    const [src] = await decode([state.encoded]);
+    $("reconstruction").src = src;
+    loadIntoSliders(state.encoded);
+    status(`encoded: log p(x) ≈ ${scores.log_likelihood[0].toFixed(1)} nats`);
+  } catch (error) {
+    status(error.message, true);
+  }
+}
+
+// ---- latent map (from the model's training report) and, for 2-D models, the manifold
+async function loadMap() {
+  const files = state.info.report || [];
+  const hasMap = files.includes("latent_map.json") && files.includes("latent_map.png");
+  $("map-section").hidden = !hasMap;
+  $("marker").hidden = true;
+  $("map-decoded").removeAttribute("src");
+  $("map-z").textContent = "click the map";
+  state.map = hasMap ? await api(`/models/${state.model}/report/latent_map.json`) : null;
+  if (hasMap) $("latent-map").src = `/models/${state.model}/report/latent_map.png`;
+  const manifold = state.info.latent_dim === 2 && files.includes("manifold.png");
+  $("manifold-figure").hidden = !manifold;
+  if (manifold) $("manifold").src = `/models/${state.model}/report/manifold.png`;
+}
+
+async function clickMap(e) {
+  const g = state.map;
+  const img = $("latent-map");
+  const x = e.offsetX * g.width / img.clientWidth, y = e.offsetY * g.height / img.clientHeight;
+  const [left, top, right, bottom] = g.axes_px;
+  if (x < left || x > right || y < top || y > bottom) return;
+  const p1 = g.xlim[0] + (x - left) / (right - left) * (g.xlim[1] - g.xlim[0]);
+  const p2 = g.ylim[1] - (y - top) / (bottom - top) * (g.ylim[1] - g.ylim[0]);
+  const z = g.center.map((c, d) => c + p1 * g.components[0][d] + p2 * g.components[1][d]);
+  Object.assign($("marker").style, { left: `${e.offsetX}px`, top: `${e.offsetY}px` });
+  $("marker").hidden = false;
+  const images = await latest("map", () => decode([z]));
+  if (!images) return;
+  $("map-decoded").src = images[0];
+  $("map-z").textContent = g.components[0].length === 2 ? `z = (${p1.toFixed(2)}, ${p2.toFixed(2)})` : `PC = (${p1.toFixed(2)}, ${p2.toFixed(2)})`;
+}
+
+// ---- wiring
+function start() {
+  state.pad = setupPad();
+  $("sample").addEventListener("click", sample);
+  $("new-seed").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 1e9); sample(); });
+  const debouncedSample = debounce(sample, 120);
+  $("temperature").addEventListener("input", () => { $("temperature-value").textContent = Number($("temperature").value).toFixed(2); debouncedSample(); });
+  $("seed").addEventListener("change", sample);
+  $("reset").addEventListener("click", () => loadIntoSliders(new Array(state.info.latent_dim).fill(0)));
+  $("randomize").addEventListener("click", () => loadIntoSliders(Array.from({ length: state.info.latent_dim }, () => Math.max(-3, Math.min(3, gaussian())))));
+  $("steps").addEventListener("change", interpolate);
+  $("encode").addEventListener("click", encode);
+  $("use-a").addEventListener("click", () => { if (state.encoded) { state.nextEnd = "a"; setEnd(state.encoded, $("reconstruction").src); } });
+  $("use-b").addEventListener("click", () => { if (state.encoded) { state.nextEnd = "b"; setEnd(state.encoded, $("reconstruction").src); } });
+  $("latent-map").addEventListener("click", clickMap);
+  loadModels().catch((error) => status(`could not load models: ${error.message}`, true));
+}
+
+document.addEventListener("DOMContentLoaded", start);
