@@ -7,7 +7,9 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,3 +140,14 @@ def test_a_whole_tour_on_one_page(page):
     page.mouse.click(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.45)
     expect(page.locator("#map-z")).to_have_text(re.compile(r"^PC = "))
     loaded(page, "#map-decoded")
+
+
+def test_uploading_an_image_encodes_and_scores_it(page, tmp_path):
+    pixels = np.zeros((56, 56), np.uint8)
+    pixels[8:48, 16:40] = 255  # a bright block on black, at twice the pad's size: the page scales it down
+    Image.fromarray(pixels, mode="L").save(tmp_path / "upload.png")
+    page.set_input_files("#upload", str(tmp_path / "upload.png"))
+    expect(page.locator("#score-log_likelihood")).to_have_text(re.compile(r"^-?\d+\.\d\d$"), timeout=15_000)
+    drawn = page.locator("#pad").evaluate("(c) => Array.from(c.getContext('2d').getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 == 0 && v > 128).length")
+    assert 150 < drawn < 350  # about 20 × 12 bright pixels landed on the 28×28 pad
+    assert loaded(page, "#reconstruction")["std"] > 10
