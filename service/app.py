@@ -9,18 +9,23 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from . import __version__
-from .errors import oip_error, validation_error
+from .errors import client_gone, oip_error, validation_error
 from .metrics import Metrics
-from .middleware import BodyLimitMiddleware, MetricsMiddleware
+from .lifecycle import ClientGone, Lifecycle
+from .middleware import BodyLimitMiddleware, RequestMiddleware
 from .oip import OIPError
 from .routes import inference, meta, oip, playground
 from .runtime import Registry
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+# Headers a browser client may read: the request id and what NPY answers carry beside the array.
+EXPOSED_HEADERS = ["X-Request-ID", "X-Model", "X-Seed", "X-Array", "X-Other-Arrays", "Retry-After", "Inference-Header-Content-Length"]
 
 DESCRIPTION = """A Variational Autoencoder served with onnxruntime and dynamic cross-request batching.
 
@@ -54,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="vae-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.metrics = metrics
     app.state.settings = settings
+    app.state.lifecycle = lifecycle = Lifecycle()
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(inference.router)
     app.include_router(meta.router)
@@ -61,6 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(playground.router)
     app.mount("/static", StaticFiles(directory=playground.STATIC), name="static")
     app.add_exception_handler(OIPError, oip_error)
+    app.add_exception_handler(ClientGone, client_gone)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.cors_origin_list:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=EXPOSED_HEADERS, max_age=600)
+    app.add_middleware(RequestMiddleware, metrics=metrics, lifecycle=lifecycle, access_log=settings.access_log)
     return app

@@ -28,6 +28,10 @@ class QueueFull(RuntimeError):
     """The batcher's queue holds ``max_queue_rows`` already: the caller should shed load (503)."""
 
 
+class DeadlineExceeded(RuntimeError):
+    """The request was still queued at its deadline; its rows were dropped before reaching ORT (504)."""
+
+
 @dataclass(eq=False)
 class Job:
     inputs: Tensors
@@ -36,6 +40,7 @@ class Job:
     signature: tuple  # jobs coalesce only with jobs whose non-batch shapes match
     future: asyncio.Future
     enqueued_at: float = field(default_factory=time.perf_counter)
+    queued: bool = True  # False once a run has taken it: past that point it is never dropped
 
 
 def signature_of(inputs: Tensors, batch_axes: dict[str, int]) -> tuple:
@@ -62,6 +67,8 @@ def take_batch(queue: deque[Job], max_cost: int, max_jobs: int | None = None) ->
         else:
             kept.append(job)
     queue.extend(kept)
+    for job in batch:
+        job.queued = False
     return batch
 
 
@@ -116,6 +123,9 @@ class BatchObserver:
     def run_done(self, rows: int, compute_s: float, request_s: list[float], ok: bool) -> None:
         """After a run: its rows, its compute time and each request's time since it was queued."""
 
+    def dropped(self, rows: int, reason: str) -> None:
+        """A request left the queue without reaching ORT: "deadline" or "cancelled" (its client left)."""
+
 
 class FanOut(BatchObserver):
     """Several observers as one (Prometheus metrics and the OIP statistics)."""
@@ -138,6 +148,10 @@ class FanOut(BatchObserver):
     def run_done(self, rows: int, compute_s: float, request_s: list[float], ok: bool) -> None:
         for o in self.observers:
             o.run_done(rows, compute_s, request_s, ok)
+
+    def dropped(self, rows: int, reason: str) -> None:
+        for o in self.observers:
+            o.dropped(rows, reason)
 
 
 class Batcher:
@@ -186,28 +200,56 @@ class Batcher:
             return rows
         return next(size for size in bucket_sizes(self.chunk_rows(weight)) if size >= rows)
 
-    async def submit(self, inputs: Tensors, weight: int = 1) -> Tensors:
-        """Queue ``inputs`` (each row costs ``weight``); requests above the limit run in chunks."""
+    async def submit(self, inputs: Tensors, weight: int = 1, deadline: float | None = None) -> Tensors:
+        """Queue ``inputs`` (each row costs ``weight``); requests above the limit run in chunks.
+
+        ``deadline`` (a ``time.perf_counter()`` value): still queued then, the request is dropped
+        and gets DeadlineExceeded. Cancelling the awaiting task (a client that left) drops it too.
+        """
         rows, chunk = self.rows_of(inputs), self.chunk_rows(weight)
         if rows <= chunk:
-            return await self._submit_one(inputs, rows, weight)
+            return await self._submit_one(inputs, rows, weight, deadline)
         starts = range(0, rows, chunk)
         parts = [{n: take_rows(a, s, s + chunk, self.batch_axes[n]) for n, a in inputs.items()} for s in starts]
-        results = await asyncio.gather(*(self._submit_one(p, self.rows_of(p), weight) for p in parts))
+        results = await asyncio.gather(*(self._submit_one(p, self.rows_of(p), weight, deadline) for p in parts))
         return concatenate(list(results), self.batch_axes)
 
-    async def _submit_one(self, inputs: Tensors, rows: int, weight: int) -> Tensors:
+    async def _submit_one(self, inputs: Tensors, rows: int, weight: int, deadline: float | None) -> Tensors:
         cost = rows * weight
         if self.queued_cost + cost > self.max_queue_rows:
             raise QueueFull(f"{self.name}: {self.queued_cost} rows queued (limit {self.max_queue_rows})")
-        job = Job(inputs, rows, cost, signature_of(inputs, self.batch_axes), asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        job = Job(inputs, rows, cost, signature_of(inputs, self.batch_axes), loop.create_future())
         self.queue.append(job)
         self.queued_cost += cost
         self.observer.queue_depth(self.queued_cost)
         self._wake.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name=f"batcher:{self.name}")
-        return await job.future
+        timer = None if deadline is None else loop.call_later(max(0.0, deadline - time.perf_counter()), self._expire, job)
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self._drop(job, "cancelled")
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, job: Job) -> None:
+        """At a job's deadline: dropped if still queued; a job already running is left to finish."""
+        if self._drop(job, "deadline"):
+            job.future.set_exception(DeadlineExceeded(f"{self.name}: still queued at the request's deadline"))
+
+    def _drop(self, job: Job, reason: str) -> bool:
+        if not job.queued:
+            return False
+        job.queued = False
+        self.queue.remove(job)
+        self.queued_cost -= job.cost
+        self.observer.queue_depth(self.queued_cost)
+        self.observer.dropped(job.rows, reason)
+        return True
 
     async def _work(self) -> None:
         self._slots = self._slots or asyncio.Semaphore(self.max_concurrent_runs)

@@ -8,6 +8,7 @@ turned a client's mistake into a 500.
 from __future__ import annotations
 
 from fastapi import Request
+from fastapi.responses import Response
 from fastapi.exceptions import RequestValidationError
 
 from .oip import OIPError
@@ -29,3 +30,9 @@ async def validation_error(request: Request, exc: RequestValidationError) -> Num
 async def oip_error(request: Request, exc: OIPError) -> NumpyJSONResponse:
     """The Open Inference Protocol's error shape: ``{"error": "..."}`` with the protocol's status."""
     return NumpyJSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client left while its request was queued; its work was cancelled. 499 is what the
+    metrics and the access log record: nobody receives it."""
+    return Response(status_code=499)

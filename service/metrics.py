@@ -19,6 +19,9 @@ class Metrics:
         self.batch_requests = Histogram("vae_batch_requests", "requests coalesced per ORT run", ["model", "graph"], buckets=ROW_BUCKETS, registry=self.registry)
         self.queue_depth = Gauge("vae_queue_rows", "rows waiting in a batcher's queue", ["model", "graph"], registry=self.registry)
         self.queue_wait = Histogram("vae_queue_wait_seconds", "time from enqueue to ORT run", ["model", "graph"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.dropped = Counter("vae_dropped_requests", "requests dropped from a queue before reaching ORT, by reason (deadline, cancelled)",
+                               ["model", "graph", "reason"], registry=self.registry)
+        self.in_flight = Gauge("vae_requests_in_flight", "HTTP requests being handled", registry=self.registry)
 
     def observer(self, model: str, graph: str) -> BatchObserver:
         return _Observer(self, model, graph)
@@ -30,6 +33,7 @@ class _Observer(BatchObserver):
         self.requests = metrics.batch_requests.labels(model, graph)
         self.depth = metrics.queue_depth.labels(model, graph)
         self.wait = metrics.queue_wait.labels(model, graph)
+        self.drops = {reason: metrics.dropped.labels(model, graph, reason) for reason in ("deadline", "cancelled")}
 
     def batch(self, rows: int, jobs: int) -> None:
         self.rows.observe(rows)
@@ -40,3 +44,6 @@ class _Observer(BatchObserver):
 
     def queue_wait(self, seconds: float) -> None:
         self.wait.observe(seconds)
+
+    def dropped(self, rows: int, reason: str) -> None:
+        self.drops[reason].inc()

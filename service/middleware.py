@@ -1,36 +1,75 @@
-"""Pure ASGI middleware: request metrics by route template, and the body-size limit (413)."""
+"""Pure ASGI middleware: the request's id, in-flight count, drain, metrics and access log; and the
+body-size limit (413)."""
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+import uuid
 
 import orjson
 
+from .lifecycle import Lifecycle
+from .logs import request_id
 from .metrics import Metrics
 
 
-class MetricsMiddleware:
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")  # a client's X-Request-ID is echoed only if it looks like an id
+ALWAYS_OPEN = ("/health/", "/v2/health/", "/metrics")  # answered while draining: probes and scrapes must see the drain
+access = logging.getLogger("service.access")
+
+
+class RequestMiddleware:
+    """Per request: its id (the client's X-Request-ID or a new one, echoed, in every log line), the
+    in-flight count the SIGTERM drain waits on, 503 for new requests once draining, the metrics by
+    route template, and the optional access log."""
+
+    def __init__(self, app, metrics: Metrics, lifecycle: Lifecycle, access_log: bool = False):
+        self.app, self.metrics, self.lifecycle, self.access_log = app, metrics, lifecycle, access_log
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin1")
+        rid = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        token = request_id.set(rid)
         started, status = time.perf_counter(), 500
 
-        async def send_with_status(message):
+        async def send_with_id(message):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
             await send(message)
 
+        self.lifecycle.in_flight += 1
+        self.metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, send_with_status)
+            if self.lifecycle.draining and not scope["path"].startswith(ALWAYS_OPEN):
+                await _reject(send_with_id, 503, "shutting down: retry on another replica",
+                              [(b"retry-after", b"1"), (b"connection", b"close")])
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
+            self.lifecycle.in_flight -= 1
+            self.metrics.in_flight.dec()
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"  # templates only: bounded label values
+            elapsed = time.perf_counter() - started
             self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(endpoint).observe(elapsed)
+            if self.access_log:
+                access.info("%s %s %d", scope["method"], scope["path"], status, extra={"fields": {
+                    "method": scope["method"], "path": scope["path"], "status": status, "duration_ms": round(elapsed * 1000, 3)}})
+            request_id.reset(token)
+
+
+async def _reject(send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = orjson.dumps({"detail": detail})
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimitMiddleware:
@@ -73,7 +112,4 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _reject(self, send):
-        body = orjson.dumps({"detail": f"request body too large: the limit is {self.max_bytes} bytes"})
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _reject(send, 413, f"request body too large: the limit is {self.max_bytes} bytes")

@@ -71,6 +71,36 @@ def open_session(path: Path, providers: list[str], options: ort.SessionOptions) 
         )
 
 
+def _dims(shape) -> list[int]:
+    """ORT's shape (ints, or names/None for dynamic axes) in the manifest's terms (-1 for dynamic)."""
+    return [d if isinstance(d, int) else -1 for d in shape]
+
+
+def _compatible(actual: list[int], declared: list[int]) -> bool:
+    """Same rank, and no axis where both are fixed and differ (ORT may not know an output's sizes)."""
+    return len(actual) == len(declared) and all(a == -1 or d == -1 or a == d for a, d in zip(actual, declared))
+
+
+def check_graph(session: ort.InferenceSession, spec: GraphSpec, path: Path) -> None:
+    """The ONNX graph takes and gives what the manifest says: names, order and shapes."""
+    for kind, actual, declared in (("inputs", session.get_inputs(), spec.inputs), ("outputs", session.get_outputs(), spec.outputs)):
+        names = [t.name for t in actual]
+        if (kind == "inputs" and names != list(declared)) or (kind == "outputs" and set(declared) - set(names)):
+            raise ManifestError(f"{path}: {kind} {names} do not match the manifest's {list(declared)}")
+        for tensor in actual:
+            if tensor.name in declared and not _compatible(_dims(tensor.shape), declared[tensor.name]):
+                raise ManifestError(f"{path}: {tensor.name} has shape {_dims(tensor.shape)}, the manifest says {declared[tensor.name]}")
+
+
+def check_latent_dim(manifest: Manifest) -> None:
+    """latent_dim agrees with the decoder's input and the encoder's outputs."""
+    sizes = {"decoder z": manifest.graphs["decoder"].inputs["z"][-1],
+             "encoder mean": manifest.graphs["encoder"].outputs["mean"][-1]}
+    wrong = {k: v for k, v in sizes.items() if v != manifest.latent_dim}
+    if wrong:
+        raise ManifestError(f"manifest latent_dim {manifest.latent_dim} disagrees with the graphs: {wrong}")
+
+
 def zero_inputs(spec: GraphSpec, rows: int) -> Tensors:
     """Zeros shaped as the manifest declares: ``rows`` on each batch axis, 1 on other dynamic axes (K)."""
     return {
@@ -100,18 +130,20 @@ class ModelRuntime:
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, inputs)))
 
-    async def encode(self, x: np.ndarray) -> Tensors:  # (B, 784) -> mean, log_var (B, Z)
-        return await self.batchers["encoder"].submit({"x": x})
+    # ``deadline``: a time.perf_counter() value; still queued then, the request gets DeadlineExceeded.
+    async def encode(self, x: np.ndarray, deadline: float | None = None) -> Tensors:  # (B, 784) -> mean, log_var (B, Z)
+        return await self.batchers["encoder"].submit({"x": x}, deadline=deadline)
 
-    async def decode(self, z: np.ndarray) -> Tensors:  # (B, Z) -> image (B, 784), ...
-        return await self.batchers["decoder"].submit({"z": z})
+    async def decode(self, z: np.ndarray, deadline: float | None = None) -> Tensors:  # (B, Z) -> image (B, 784), ...
+        return await self.batchers["decoder"].submit({"z": z}, deadline=deadline)
 
-    async def reparameterize(self, mean: np.ndarray, log_var: np.ndarray, eps: np.ndarray) -> np.ndarray:
-        out = await self.batchers["reparameterize"].submit({"mean": mean, "log_var": log_var, "eps": eps}, weight=eps.shape[0])
+    async def reparameterize(self, mean: np.ndarray, log_var: np.ndarray, eps: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        inputs = {"mean": mean, "log_var": log_var, "eps": eps}
+        out = await self.batchers["reparameterize"].submit(inputs, weight=eps.shape[0], deadline=deadline)
         return out["z"]  # (K, B, Z)
 
-    async def score(self, x: np.ndarray, eps: np.ndarray) -> Tensors:  # (B, 784), (K, B, Z) -> 4 × (B,)
-        return await self.batchers["score"].submit({"x": x, "eps": eps}, weight=eps.shape[0])
+    async def score(self, x: np.ndarray, eps: np.ndarray, deadline: float | None = None) -> Tensors:  # (B, 784), (K, B, Z) -> 4 × (B,)
+        return await self.batchers["score"].submit({"x": x, "eps": eps}, weight=eps.shape[0], deadline=deadline)
 
     def warm_up(self) -> int:
         """Run every graph once per batch shape its batcher can produce; returns the runs made.
@@ -166,10 +198,9 @@ class Registry:
         for graph in REQUIRED_GRAPHS:
             spec = manifest.graphs[graph]
             session = open_session(model_dir / spec.path, providers, options)
-            names = [i.name for i in session.get_inputs()]
-            if names != list(spec.inputs):
-                raise ManifestError(f"{model_dir / spec.path}: inputs {names} do not match the manifest's {list(spec.inputs)}")
+            check_graph(session, spec, model_dir / spec.path)
             sessions[graph] = session
+        check_latent_dim(manifest)
         actual = sessions["decoder"].get_providers()[0]
         if CUDA in providers and actual != CUDA:
             log.warning("model %s: CUDA provider unavailable here (onnxruntime-gpu needs CUDA 13 + cuDNN 9); using %s",

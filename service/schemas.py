@@ -97,9 +97,9 @@ class ElboResponse(BaseModel):
     gap: list[float] = Field(..., description="log_likelihood − elbo ≥ 0: estimates KL(q(z|x) ‖ p(z|x))")
 
 
-def unprocessable(loc: list, message: str) -> HTTPException:
-    """A 422 in FastAPI's own error shape, naming the field."""
-    return HTTPException(status_code=422, detail=[{"loc": ["body", *loc], "msg": message, "type": "value_error"}])
+def unprocessable(loc: list, message: str, where: str = "body") -> HTTPException:
+    """A 422 in FastAPI's own error shape, naming the field (``where``: body, query or header)."""
+    return HTTPException(status_code=422, detail=[{"loc": [where, *loc], "msg": message, "type": "value_error"}])
 
 
 def check_limit(field: str, value: int, limit: int, what: str) -> None:

@@ -31,10 +31,25 @@ class Settings(BaseSettings):
     max_samples: int = Field(1000, ge=1, description="samples (K) per request for /encode and /elbo")
     max_sample_rows: int = Field(262144, ge=1, description="samples × inputs per /encode or /elbo request (bounds memory)")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="request bodies above this get 413")
+    request_timeout_ms: float = Field(30000, gt=0, description="deadline of a request still queued (504 after it); X-Timeout-Ms overrides it per request")
+    max_request_timeout_ms: float = Field(300000, gt=0, description="the most an X-Timeout-Ms header (or OIP parameters.timeout) may ask for")
+    shutdown_grace_s: float = Field(30, ge=0, description="on SIGTERM: readiness 503 at once, then up to this long for accepted requests to finish")
+    api_keys: str = Field("", description="comma-separated API keys for the inference routes (Authorization: Bearer or X-API-Key); empty: open")
+    cors_origins: str = Field("", description="comma-separated origins allowed by CORS (* for any); empty: no CORS headers")
+    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line, with the request id")
+    access_log: bool = Field(False, description="one log line per request (method, path, status, duration, request id)")
     warmup: bool = Field(True, description="run every batch shape once before /health/ready turns 200")
     host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8000, ge=0, le=65535, description="bind port")
     log_level: str = Field("info", description="logging level")
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def provider_list(self) -> list[str] | None:

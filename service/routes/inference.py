@@ -6,12 +6,13 @@ import random
 import secrets
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 
-from ..batcher import QueueFull
+from ..batcher import DeadlineExceeded, QueueFull
 from ..bodies import array_responses, read_request, request_doc
 from ..codec import JSON, array_response, negotiate
-from ..deps import resolve_model
+from ..deps import require_api_key, resolve_model
+from ..lifecycle import deadline_of, run_or_abandon
 from ..responses import NumpyJSONResponse, images_payload
 from ..schemas import (
     DecodeOptions, DecodeRequest, ElboOptions, ElboRequest, ElboResponse, EncodeOptions, EncodeRequest, EncodeResponse,
@@ -20,7 +21,7 @@ from ..schemas import (
 
 # Handlers read their bodies themselves (``bodies.read_request``) and return responses built from
 # numpy arrays: response_model and openapi_extra document the contract, pydantic never sees the arrays.
-router = APIRouter(tags=["inference"], default_response_class=NumpyJSONResponse)
+router = APIRouter(tags=["inference"], default_response_class=NumpyJSONResponse, dependencies=[Depends(require_api_key)])
 
 NPY_IMAGES = "float32 images, shape (N, 784) or (N, 28, 28), values in [0, 1]; options in the query string"
 NPY_LATENTS = "float32 latents, shape (N, latent_dim); options in the query string"
@@ -34,12 +35,16 @@ def _rng(seed: int | None) -> tuple[int, np.random.Generator]:
     return seed, np.random.Generator(np.random.PCG64(seed))
 
 
-async def _guarded(awaitable):
-    """A full queue sheds the request with 503 + Retry-After instead of queueing without bound."""
+async def _guarded(request: Request, work):
+    """The batcher's answer, or: 503 + Retry-After when its queue is full (shed at once, never
+    queued without bound), 504 when the request was still queued at its deadline, and nothing
+    (its work cancelled) when the client has left."""
     try:
-        return await awaitable
+        return await run_or_abandon(request, work)
     except QueueFull as exc:
         raise HTTPException(503, f"server busy: {exc}", headers={"Retry-After": "1"}) from None
+    except DeadlineExceeded:
+        raise HTTPException(504, "deadline passed while the request was queued (X-Timeout-Ms, default VAE_REQUEST_TIMEOUT_MS)") from None
 
 
 def _answer(kind: str, main: str, arrays: dict[str, np.ndarray], json_body: dict, headers: dict[str, str]):
@@ -50,10 +55,10 @@ def _answer(kind: str, main: str, arrays: dict[str, np.ndarray], json_body: dict
 
 
 def _context(request: Request):
-    """Registry, settings and the negotiated answer type, read directly: FastAPI's dependency
-    injection cost about a tenth of /sample's time per request on the hot routes."""
+    """Registry, settings, the negotiated answer type and the deadline, read directly: FastAPI's
+    dependency injection cost about a tenth of /sample's time per request on the hot routes."""
     state = request.app.state
-    return state.registry, state.settings, negotiate(request.headers.get("accept"))
+    return state.registry, state.settings, negotiate(request.headers.get("accept")), deadline_of(request, state.settings)
 
 
 async def _images_and_noise(request: Request, options_model, settings, registry):
@@ -73,12 +78,12 @@ async def _images_and_noise(request: Request, options_model, settings, registry)
              openapi_extra=request_doc(EncodeRequest, EncodeOptions, NPY_IMAGES),
              responses=array_responses("mean", "mean, log_var and z"))
 async def encode(request: Request):
-    registry, settings, kind = _context(request)
+    registry, settings, kind, deadline = _context(request)
     options, model, x, eps = await _images_and_noise(request, EncodeOptions, settings, registry)
-    out = await _guarded(model.encode(x))
+    out = await _guarded(request, model.encode(x, deadline))
     arrays = {"mean": out["mean"], "log_var": out["log_var"]}
     if options.samples:
-        z = await _guarded(model.reparameterize(out["mean"], out["log_var"], eps))  # (K, B, Z)
+        z = await _guarded(request, model.reparameterize(out["mean"], out["log_var"], eps, deadline))  # (K, B, Z)
         arrays["z"] = np.ascontiguousarray(z.transpose(1, 0, 2))  # (B, K, Z)
     return _answer(kind, "mean", arrays, {"model": model.name, **arrays}, {"X-Model": model.name})
 
@@ -87,12 +92,12 @@ async def encode(request: Request):
              openapi_extra=request_doc(DecodeRequest, DecodeOptions, NPY_LATENTS),
              responses=array_responses("images", "images"))
 async def decode(request: Request):
-    registry, settings, kind = _context(request)
+    registry, settings, kind, deadline = _context(request)
     options, array = await read_request(request, DecodeOptions, "latents")
     check_limit("latents", len(array), settings.max_request_rows, "latents")
     model = resolve_model(registry, options.model)
     z = as_latents(array, model.latent_dim)  # (B, Z)
-    out = await _guarded(model.decode(z))
+    out = await _guarded(request, model.decode(z, deadline))
     images = out["image"].reshape(-1, 28, 28)
     return _answer(kind, "images", {"images": images},
                    {"model": model.name, "images": images_payload(images, options.format)}, {"X-Model": model.name})
@@ -101,13 +106,13 @@ async def decode(request: Request):
 @router.post("/sample", response_model=SampleResponse, summary="x ~ p(x): decode z ~ N(0, temperature² I)",
              openapi_extra=request_doc(SampleRequest), responses=array_responses("images", "images and latents"))
 async def sample(request: Request):
-    registry, settings, kind = _context(request)
+    registry, settings, kind, deadline = _context(request)
     options, _ = await read_request(request, SampleRequest)
     check_limit("n", options.n, settings.max_request_rows, "samples")
     model = resolve_model(registry, options.model)
     seed, rng = _rng(options.seed)
     z = rng.standard_normal((options.n, model.latent_dim), dtype=np.float32) * np.float32(options.temperature)  # (n, Z)
-    out = await _guarded(model.decode(z))
+    out = await _guarded(request, model.decode(z, deadline))
     images = out["image"].reshape(-1, 28, 28)
     return _answer(kind, "images", {"images": images, "latents": z},
                    {"model": model.name, "seed": seed, "latents": z, "images": images_payload(images, options.format)},
@@ -118,8 +123,8 @@ async def sample(request: Request):
              openapi_extra=request_doc(ElboRequest, ElboOptions, NPY_IMAGES),
              responses=array_responses("log_likelihood", "elbo, reconstruction, kl, log_likelihood and gap"))
 async def elbo(request: Request):
-    registry, settings, kind = _context(request)
+    registry, settings, kind, deadline = _context(request)
     _, model, x, eps = await _images_and_noise(request, ElboOptions, settings, registry)
-    out = await _guarded(model.score(x, eps))
+    out = await _guarded(request, model.score(x, eps, deadline))
     arrays = {**out, "gap": out["log_likelihood"] - out["elbo"]}
     return _answer(kind, "log_likelihood", arrays, {"model": model.name, **arrays}, {"X-Model": model.name})

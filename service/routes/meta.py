@@ -67,7 +67,9 @@ async def live() -> dict:
 
 
 @router.get("/health/ready", tags=["health"], summary="200 once models are loaded and warmed up, else 503")
-async def ready(registry: RegistryDep):
+async def ready(registry: RegistryDep, request: Request):
+    if request.app.state.lifecycle.draining:
+        return JSONResponse({"status": "shutting down"}, status_code=503)
     if registry.ready and registry.models:
         return {"status": "ready", "models": sorted(registry.models)}
     status = "warming up" if registry.models else "no models loaded"

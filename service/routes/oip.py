@@ -6,13 +6,15 @@ server's limits and run it. Errors are ``{"error": "..."}`` (see ``oip_error`` i
 
 from __future__ import annotations
 
-import asyncio
+import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from .. import __version__
-from ..batcher import QueueFull
+from ..batcher import DeadlineExceeded, QueueFull
+from ..deps import api_key_problem
+from ..lifecycle import run_or_abandon
 from ..oip import EXTENSIONS, HEADER_LENGTH, OIPError, bad_request, infer_response, model_metadata, parse_infer_request
 from ..responses import NumpyJSONResponse
 from ..runtime import ModelRuntime, Registry
@@ -37,6 +39,15 @@ def _graph(registry: Registry, name: str, version: str | None = None) -> tuple[M
     return runtime, graph
 
 
+async def require_api_key(request: Request) -> None:
+    """The API key check of the REST routes, answered in the protocol's error shape."""
+    if problem := api_key_problem(request):
+        raise OIPError(401, problem, {"WWW-Authenticate": "Bearer"})
+
+
+KEYED = [Depends(require_api_key)]
+
+
 def _names(registry: Registry) -> list[str]:
     return [f"{m}-{g}" for m, runtime in registry.models.items() for g in runtime.batchers]
 
@@ -54,12 +65,14 @@ async def server_live() -> Response:
 @router.get("/health/ready", summary="200 once every model is loaded and warmed up")
 async def server_ready(request: Request) -> Response:
     registry = _registry(request)
+    if request.app.state.lifecycle.draining:
+        raise OIPError(503, "shutting down")
     if not (registry.ready and registry.models):
         raise OIPError(503, "not ready: models are loading or warming up")
     return Response(status_code=200)
 
 
-@router.get("/models/stats", summary="statistics of every model")
+@router.get("/models/stats", summary="statistics of every model", dependencies=KEYED)
 async def all_stats(request: Request) -> dict:
     return {"model_stats": [runtime.stats[graph].report(f"{model}-{graph}", runtime.manifest.version)
                             for model, runtime in _registry(request).models.items() for graph in runtime.batchers]}
@@ -82,15 +95,15 @@ async def model_ready(name: str, request: Request, version: str | None = None) -
     return Response(status_code=200)
 
 
-@router.get("/models/{name}/stats", summary="Triton-style inference statistics")
-@router.get("/models/{name}/versions/{version}/stats", summary="statistics of one version")
+@router.get("/models/{name}/stats", summary="Triton-style inference statistics", dependencies=KEYED)
+@router.get("/models/{name}/versions/{version}/stats", summary="statistics of one version", dependencies=KEYED)
 async def model_stats(name: str, request: Request, version: str | None = None) -> dict:
     runtime, graph = _graph(_registry(request), name, version)
     return {"model_stats": [runtime.stats[graph].report(name, runtime.manifest.version)]}
 
 
-@router.post("/models/{name}/infer", summary="inference, with JSON or binary tensors")
-@router.post("/models/{name}/versions/{version}/infer", summary="inference on one version")
+@router.post("/models/{name}/infer", summary="inference, with JSON or binary tensors", dependencies=KEYED)
+@router.post("/models/{name}/versions/{version}/infer", summary="inference on one version", dependencies=KEYED)
 async def infer(name: str, request: Request, version: str | None = None) -> Response:
     registry, settings = _registry(request), request.app.state.settings
     runtime, graph = _graph(registry, name, version)
@@ -103,11 +116,15 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
         raise bad_request(f"batch of {rows} rows is over this server's limit of {settings.max_request_rows}")
     if samples * rows > settings.max_sample_rows:
         raise bad_request(f"eps: {samples} samples × {rows} rows is over this server's limit of {settings.max_sample_rows}")
+    timeout_s = settings.request_timeout_ms / 1000 if parsed.timeout_s is None else parsed.timeout_s
+    if timeout_s > settings.max_request_timeout_ms / 1000:
+        raise bad_request(f"parameters.timeout of {timeout_s * 1e6:.0f} µs is over this server's cap of {settings.max_request_timeout_ms * 1000:.0f} µs")
+    work = runtime.batchers[graph].submit(parsed.inputs, weight=samples, deadline=time.perf_counter() + timeout_s)
     try:
-        results = await asyncio.wait_for(runtime.batchers[graph].submit(parsed.inputs, weight=samples), parsed.timeout_s)
+        results = await run_or_abandon(request, work)
     except QueueFull as exc:
         raise OIPError(503, f"server busy: {exc}", {"Retry-After": "1"}) from None
-    except TimeoutError:  # the queued job was cancelled with the wait: it never reaches ORT
-        raise OIPError(504, f"no result within parameters.timeout ({parsed.timeout_s * 1e6:.0f} µs)") from None
+    except DeadlineExceeded:  # dropped from the queue at its deadline: it never reached ORT
+        raise OIPError(504, f"still queued after {timeout_s * 1e6:.0f} µs (parameters.timeout, default VAE_REQUEST_TIMEOUT_MS)") from None
     body, headers = infer_response(name, runtime.manifest.version, parsed, results)
     return Response(body, headers=headers)

@@ -9,7 +9,9 @@ from collections import deque
 import numpy as np
 import pytest
 
-from service.batcher import Batcher, Job, QueueFull, bucket_sizes, signature_of, split, take_batch
+from service.batcher import (
+    BatchObserver, Batcher, DeadlineExceeded, Job, QueueFull, bucket_sizes, signature_of, split, take_batch,
+)
 
 AXES = {"x": 0, "y": 0}
 
@@ -300,3 +302,70 @@ def test_batching_off_runs_one_request_per_run():
 
     run(main())
     assert runtime.runs == [1] * 10
+
+
+class DropLog(BatchObserver):
+    def __init__(self):
+        self.drops = []
+
+    def dropped(self, rows, reason):
+        self.drops.append((rows, reason))
+
+
+def test_a_request_still_queued_at_its_deadline_is_dropped_before_ort():
+    runtime, log = FakeRuntime(delay=0.15), DropLog()
+    executor = ThreadPoolExecutor(max_workers=2)
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=2, max_concurrent_runs=1, executor=executor, observer=log)
+        first = asyncio.create_task(batcher.submit(request(1, rows=2)))  # fills the only run slot for 150 ms
+        await asyncio.sleep(0.01)
+        started = time.perf_counter()
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(request(2, rows=2), deadline=time.perf_counter() + 0.03)
+        waited = time.perf_counter() - started
+        await first
+        assert batcher.queued_cost == 0 and not batcher.queue
+        await batcher.close()
+        return waited
+
+    waited = run(main())
+    executor.shutdown()
+    assert 0.02 < waited < 0.12  # answered at its deadline, not when the slot freed
+    assert runtime.runs == [2] and log.drops == [(2, "deadline")]
+
+
+def test_a_request_already_running_at_its_deadline_finishes():
+    runtime = FakeRuntime(delay=0.1)
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=4)
+        result = await batcher.submit(request(3), deadline=time.perf_counter() + 0.02)
+        await batcher.close()
+        return result
+
+    np.testing.assert_array_equal(run(main())["y"], 3 * request(3)["x"] + 1)
+
+
+def test_a_cancelled_request_leaves_the_queue_and_never_runs():
+    runtime, log = FakeRuntime(delay=0.1), DropLog()
+    executor = ThreadPoolExecutor(max_workers=2)
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=2, max_concurrent_runs=1, executor=executor, observer=log)
+        first = asyncio.create_task(batcher.submit(request(1, rows=2)))
+        await asyncio.sleep(0.01)
+        abandoned = asyncio.create_task(batcher.submit(request(2, rows=2)))
+        await asyncio.sleep(0.01)
+        assert batcher.queued_cost == 2
+        abandoned.cancel()  # what the route does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        assert batcher.queued_cost == 0
+        await first
+        await asyncio.sleep(0.05)
+        await batcher.close()
+
+    run(main())
+    executor.shutdown()
+    assert runtime.runs == [2] and log.drops == [(2, "cancelled")]

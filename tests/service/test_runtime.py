@@ -21,7 +21,7 @@ SOURCE = "fashion-mnist-2d"  # the smallest shipped model
 @pytest.fixture
 def model_dir(tmp_path):
     """A model dir with one good copy and three broken copies of a shipped model."""
-    for name in ("good", "bad-hash", "bad-weights", "bad-onnx", "no-manifest", "bad-inputs"):
+    for name in ("good", "bad-hash", "bad-weights", "bad-onnx", "no-manifest", "bad-inputs", "bad-shape", "bad-latent-dim"):
         shutil.copytree(SHIPPED / SOURCE, tmp_path / name)
     with (tmp_path / "bad-hash" / "decoder.onnx").open("ab") as f:
         f.write(b"\0")  # one extra byte: the sha256 no longer matches
@@ -36,6 +36,12 @@ def model_dir(tmp_path):
     manifest = json.loads((tmp_path / "bad-inputs" / "manifest.json").read_text())
     manifest["graphs"]["decoder"]["inputs"] = {"latent": [-1, 2]}
     (tmp_path / "bad-inputs" / "manifest.json").write_text(json.dumps(manifest))
+    manifest = json.loads((tmp_path / "bad-shape" / "manifest.json").read_text())
+    manifest["graphs"]["encoder"]["inputs"]["x"] = [-1, 28, 28]  # the graph takes (B, 784)
+    (tmp_path / "bad-shape" / "manifest.json").write_text(json.dumps(manifest))
+    manifest = json.loads((tmp_path / "bad-latent-dim" / "manifest.json").read_text())
+    manifest["latent_dim"] = 16  # the graphs are 2-D
+    (tmp_path / "bad-latent-dim" / "manifest.json").write_text(json.dumps(manifest))
     return tmp_path
 
 
@@ -44,13 +50,15 @@ def test_broken_models_are_refused_and_the_rest_served(model_dir, caplog):
     with caplog.at_level(logging.ERROR, logger="service.runtime"):
         registry.load_all()
     assert sorted(registry.models) == ["good"]
-    assert set(registry.refused) == {"bad-hash", "bad-weights", "bad-onnx", "no-manifest", "bad-inputs"}
+    assert set(registry.refused) == {"bad-hash", "bad-weights", "bad-onnx", "no-manifest", "bad-inputs", "bad-shape", "bad-latent-dim"}
     assert "sha256" in registry.refused["bad-hash"] and "decoder.onnx" in registry.refused["bad-hash"]
     assert "sha256" in registry.refused["bad-weights"] and "weights.bin" in registry.refused["bad-weights"]
     assert "invalid JSON" in registry.refused["no-manifest"]
     assert "do not match the manifest" in registry.refused["bad-inputs"]
+    assert "x has shape [-1, 784], the manifest says [-1, 28, 28]" in registry.refused["bad-shape"]
+    assert "latent_dim 16 disagrees" in registry.refused["bad-latent-dim"]
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
-    assert len(refusals) == 5 and all("\n" not in line for line in refusals)
+    assert len(refusals) == 7 and all("\n" not in line for line in refusals)
     assert registry.models["good"].provider == CPU
 
 
