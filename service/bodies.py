@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from .codec import JSON, NPY, NPZ, media_type, read_npy
-from .schemas import IMAGE_SIDE, IMAGE_SIZE, json_array
+from .schemas import IMAGE_SIDE, IMAGE_SIZE, json_array, png_images_to_array
 
 IMAGE_ROW_SHAPES = ((IMAGE_SIZE,), (IMAGE_SIDE, IMAGE_SIDE))
 
@@ -53,8 +53,11 @@ async def read_request(request: Request, options: type[BaseModel], array_field: 
     if array_field is not None:
         if array_field not in data:
             raise RequestValidationError([{"loc": ("body", array_field), "msg": "Field required", "type": "missing"}])
-        shapes = IMAGE_ROW_SHAPES if array_field == "inputs" else ()
-        array = json_array(data.pop(array_field), array_field, shapes)
+        value = data.pop(array_field)
+        if array_field == "inputs" and isinstance(value, list) and value and isinstance(value[0], str):
+            array = png_images_to_array(value, array_field)
+        else:
+            array = json_array(value, array_field, IMAGE_ROW_SHAPES if array_field == "inputs" else ())
     return validate_options(options, {**query, **data}, "body"), array
 
 

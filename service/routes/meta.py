@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path as FilePath
 
-from fastapi import APIRouter, HTTPException, Request
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -17,7 +19,7 @@ router = APIRouter()
 REPORT_TYPES = {".png": "image/png", ".json": "application/json"}
 
 
-def report_files(registry: Registry, name: str) -> dict[str, Path]:
+def report_files(registry: Registry, name: str) -> dict[str, FilePath]:
     """The training report's figures (and the latent map's geometry) shipped with a model."""
     folder = registry.settings.model_dir / name / "report"
     if not folder.is_dir():
@@ -43,7 +45,7 @@ async def list_models(registry: RegistryDep) -> dict:
 
 
 @router.get("/models/{name}", tags=["models"], summary="one model's manifest metadata")
-async def get_model(name: str, registry: RegistryDep) -> dict:
+async def get_model(name: Annotated[str, Path(examples=["fashion-mnist"])], registry: RegistryDep) -> dict:
     if name in registry.models:
         return describe(registry.models[name], registry)
     if name in registry.refused:
@@ -52,7 +54,8 @@ async def get_model(name: str, registry: RegistryDep) -> dict:
 
 
 @router.get("/models/{name}/report/{file}", tags=["models"], summary="a figure from the model's training report")
-async def report_file(name: str, file: str, registry: RegistryDep) -> FileResponse:
+async def report_file(name: Annotated[str, Path(examples=["fashion-mnist"])], file: Annotated[str, Path(examples=["samples.png"])],
+                      registry: RegistryDep) -> FileResponse:
     if name not in registry.models:
         raise HTTPException(404, f"unknown model {name!r}")
     path = report_files(registry, name).get(file)  # only names listed from the folder: no path tricks

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 
 from .. import __version__
@@ -18,6 +20,9 @@ from ..lifecycle import run_or_abandon
 from ..oip import EXTENSIONS, HEADER_LENGTH, OIPError, bad_request, infer_response, model_metadata, parse_infer_request
 from ..responses import NumpyJSONResponse
 from ..runtime import ModelRuntime, Registry
+
+# Examples in OpenAPI, so a client (or schemathesis) finds a real model to call.
+ModelName = Annotated[str, Path(description="<model>-<graph>", examples=["fashion-mnist-decoder"])]
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (KServe v2)"], default_response_class=NumpyJSONResponse)
 
@@ -57,12 +62,12 @@ async def server_metadata() -> dict:
     return {"name": "vae-serve", "version": __version__, "extensions": EXTENSIONS}
 
 
-@router.get("/health/live", summary="200 while the process runs")
+@router.get("/health/live", summary="200 while the process runs (empty body)", response_class=Response)
 async def server_live() -> Response:
     return Response(status_code=200)
 
 
-@router.get("/health/ready", summary="200 once every model is loaded and warmed up")
+@router.get("/health/ready", summary="200 once every model is loaded and warmed up (empty body)", response_class=Response)
 async def server_ready(request: Request) -> Response:
     registry = _registry(request)
     if request.app.state.lifecycle.draining:
@@ -80,14 +85,14 @@ async def all_stats(request: Request) -> dict:
 
 @router.get("/models/{name}", summary="model metadata: inputs and outputs with datatypes and shapes")
 @router.get("/models/{name}/versions/{version}", summary="model metadata of one version")
-async def metadata(name: str, request: Request, version: str | None = None) -> dict:
+async def metadata(name: ModelName, request: Request, version: str | None = None) -> dict:
     runtime, graph = _graph(_registry(request), name, version)
     return model_metadata(name, runtime.manifest.version, runtime.manifest.graphs[graph])
 
 
-@router.get("/models/{name}/ready", summary="200 when the model can serve")
-@router.get("/models/{name}/versions/{version}/ready", summary="200 when this version can serve")
-async def model_ready(name: str, request: Request, version: str | None = None) -> Response:
+@router.get("/models/{name}/ready", summary="200 when the model can serve (empty body)", response_class=Response)
+@router.get("/models/{name}/versions/{version}/ready", summary="200 when this version can serve (empty body)", response_class=Response)
+async def model_ready(name: ModelName, request: Request, version: str | None = None) -> Response:
     registry = _registry(request)
     _graph(registry, name, version)
     if not registry.ready:
@@ -97,14 +102,14 @@ async def model_ready(name: str, request: Request, version: str | None = None) -
 
 @router.get("/models/{name}/stats", summary="Triton-style inference statistics", dependencies=KEYED)
 @router.get("/models/{name}/versions/{version}/stats", summary="statistics of one version", dependencies=KEYED)
-async def model_stats(name: str, request: Request, version: str | None = None) -> dict:
+async def model_stats(name: ModelName, request: Request, version: str | None = None) -> dict:
     runtime, graph = _graph(_registry(request), name, version)
     return {"model_stats": [runtime.stats[graph].report(name, runtime.manifest.version)]}
 
 
 @router.post("/models/{name}/infer", summary="inference, with JSON or binary tensors", dependencies=KEYED)
 @router.post("/models/{name}/versions/{version}/infer", summary="inference on one version", dependencies=KEYED)
-async def infer(name: str, request: Request, version: str | None = None) -> Response:
+async def infer(name: ModelName, request: Request, version: str | None = None) -> Response:
     registry, settings = _registry(request), request.app.state.settings
     runtime, graph = _graph(registry, name, version)
     spec = runtime.manifest.graphs[graph]

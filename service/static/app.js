@@ -6,9 +6,10 @@ const MAX_SLIDERS = 16;
 const state = { model: null, info: null, z: [], ends: { a: null, b: null }, nextEnd: "a", seq: {} };
 
 async function api(path, body) {
-  const response = await fetch(path, body === undefined ? {} : {
-    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
-  });
+  const headers = { "content-type": "application/json" };
+  const key = $("api-key").value.trim();
+  if (key) headers["x-api-key"] = key;  // only when the server runs with VAE_API_KEYS
+  const response = await fetch(path, body === undefined ? { headers } : { method: "POST", headers, body: JSON.stringify(body) });
   const data = await response.json();
   if (!response.ok) throw new Error(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail));
   return data;
@@ -82,7 +83,11 @@ async function selectModel(name) {
     ? "Bernoulli model: the drawing is binarized at 0.5 before scoring, as its test set is."
     : "Gaussian model: continuous pixels are scored; log-densities can be positive.";
   status(`model ${name}`);
-  await Promise.all([sample(), decodeSliders(), loadMap()]);
+  try {
+    await Promise.all([sample(), decodeSliders(), loadMap()]);
+  } catch (error) {
+    status(error.message, true);  // e.g. a server with VAE_API_KEYS: "missing API key: ..."
+  }
 }
 
 // ---- samples from the prior
@@ -243,6 +248,8 @@ async function clickMap(e) {
 
 // ---- wiring
 function start() {
+  $("api-key").value = localStorage.getItem("vae-api-key") || "";
+  $("api-key").addEventListener("change", () => { localStorage.setItem("vae-api-key", $("api-key").value.trim()); selectModel(state.model); });
   state.pad = setupPad();
   $("sample").addEventListener("click", sample);
   $("new-seed").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 1e9); sample(); });
@@ -256,7 +263,7 @@ function start() {
   $("use-a").addEventListener("click", () => { if (state.encoded) { state.nextEnd = "a"; setEnd(state.encoded, $("reconstruction").src); } });
   $("use-b").addEventListener("click", () => { if (state.encoded) { state.nextEnd = "b"; setEnd(state.encoded, $("reconstruction").src); } });
   $("latent-map").addEventListener("click", clickMap);
-  loadModels().catch((error) => status(`could not load models: ${error.message}`, true));
+  loadModels().catch((error) => status(error.message, true));
 }
 
 document.addEventListener("DOMContentLoaded", start);

@@ -100,3 +100,40 @@ def test_npy_to_sample_is_415_and_an_unanswerable_accept_is_406(client):
     assert client.post("/sample", content=npy(np.zeros((1, 32))), headers={"content-type": NPY}).status_code == 415
     response = client.post("/sample", json={"n": 1}, headers={"accept": "image/gif"})
     assert response.status_code == 406 and NPY in response.json()["detail"]
+
+
+def png_b64(pixels: np.ndarray) -> str:
+    import base64
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8), mode="L").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_base64_png_inputs_score_like_the_same_pixels_as_numbers(client):
+    pixels = (np.random.default_rng(4).random((2, 28, 28)) < 0.3).astype(np.uint8) * 255
+    as_png = client.post("/elbo", json={"inputs": [png_b64(p) for p in pixels], "samples": 4, "seed": 3}).json()
+    as_numbers = client.post("/elbo", json={"inputs": (pixels / 255.0).reshape(2, 784).tolist(), "samples": 4, "seed": 3}).json()
+    assert as_png["log_likelihood"] == as_numbers["log_likelihood"]
+    data_url = client.post("/encode", json={"inputs": ["data:image/png;base64," + png_b64(pixels[0])]})
+    assert data_url.status_code == 200
+
+
+@pytest.mark.parametrize("item, message", [
+    ("not base64!", "not valid base64"),
+    ("aGVsbG8=", "not a PNG image"),
+    (png_b64(np.zeros((29, 28))), "PNG is 28×29; expected 28×28"),
+    ("A" * 70000, "over the 65536 allowed"),
+    (png_b64(np.zeros((28, 28)))[:60] + "AAAA" * 10, "corrupt"),
+])
+def test_hostile_png_inputs_are_422_before_decoding(client, item, message):
+    response = client.post("/encode", json={"inputs": [item]})
+    assert response.status_code == 422, response.text
+    assert message in str(response.json()["detail"])
+
+
+def test_png_and_number_images_do_not_mix(client):
+    response = client.post("/encode", json={"inputs": [png_b64(np.zeros((28, 28))), [0.0] * 784]})
+    assert response.status_code == 422 and "base64 PNG string like the other inputs" in str(response.json()["detail"])

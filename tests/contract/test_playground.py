@@ -151,3 +151,22 @@ def test_uploading_an_image_encodes_and_scores_it(page, tmp_path):
     drawn = page.locator("#pad").evaluate("(c) => Array.from(c.getContext('2d').getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 == 0 && v > 128).length")
     assert 150 < drawn < 350  # about 20 × 12 bright pixels landed on the 28×28 pad
     assert loaded(page, "#reconstruction")["std"] > 10
+
+
+def test_with_api_keys_the_page_asks_for_one_and_then_works(browser, tmp_path):
+    from .conftest import start_server, stop_server
+
+    process, url = start_server(ROOT / "models", tmp_path / "server.log", VAE_API_KEYS="playground-key")
+    try:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(url + "/")  # /models is open; /sample answers 401 until the key is given
+        expect(page.locator("#status")).to_contain_text("API key", timeout=15_000)
+        page.fill("#api-key", "playground-key")
+        page.dispatch_event("#api-key", "change")
+        expect(page.locator("#sample-grid img")).to_have_count(16, timeout=15_000)
+        page.reload()  # the key is remembered in localStorage
+        expect(page.locator("#sample-grid img")).to_have_count(16, timeout=15_000)
+        context.close()
+    finally:
+        stop_server(process)
