@@ -59,21 +59,27 @@ async def _disconnected(request: Request) -> None:
 
 
 async def run_or_abandon(request: Request, work: Awaitable[T]) -> T:
-    """``work``'s result; if the client leaves first, ``work`` is cancelled (its queued rows are dropped)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    """``work``'s result; if the client leaves first, ``work`` is cancelled (its queued rows are
+    dropped) and ClientGone is raised. One watcher task per request: on a disconnect it cancels
+    the task that awaits ``work``, so ``work`` itself needs no task of its own."""
+    current = asyncio.current_task()
+    gone = False
+
+    def on_disconnect(watcher: asyncio.Task) -> None:
+        nonlocal gone
+        if not watcher.cancelled():
+            gone = True
+            current.cancel()
+
+    watcher = asyncio.create_task(_disconnected(request))
+    watcher.add_done_callback(on_disconnect)
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:  # the handler itself was cancelled: take the work down with it
-        task.cancel()
+        return await work
+    except asyncio.CancelledError:
+        if gone:
+            current.uncancel()
+            raise ClientGone() from None
         raise
     finally:
+        watcher.remove_done_callback(on_disconnect)
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        try:
-            await task
-        except (asyncio.CancelledError, Exception):
-            pass
-        raise ClientGone()
-    return task.result()
