@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--runs-dir", type=Path, default=Path("runs"), help="checkpoints and logs (default: runs/)")
         sub.add_argument("--models-dir", type=Path, default=Path("models"), help="exported models (default: models/)")
         sub.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+        sub.add_argument("--log-level", default="info", choices=["debug", "info", "warning"],
+                         help="debug also logs a fingerprint of the weights after every step, on every rank")
         if name in ("train", "fit"):
             sub.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint")
     return parser
@@ -63,25 +66,39 @@ def run(args: argparse.Namespace) -> None:
     run_dir = args.runs_dir / cfg.name
     model_dir = args.models_dir / cfg.name
     progress = not args.no_progress and sys.stderr.isatty()
-    from . import train
+    from . import distributed, train
 
-    if args.command in ("train", "fit"):
-        train.fit(cfg, run_dir, resume=args.resume, progress=progress, command=reproduce_command(sys.argv[1:]))
-    if args.command in ("evaluate", "fit"):
-        _evaluate(cfg, run_dir, progress)
-    if args.command in ("report", "fit"):
-        from . import report
+    world = distributed.init(cfg.train.device)  # a rank of `torchrun --nproc_per_node N -m training ...`, or alone
+    try:
+        if args.command in ("train", "fit"):
+            train.fit(cfg, run_dir, resume=args.resume, progress=progress and world.is_main, command=reproduce_command(sys.argv[1:]))
+        if not world.is_main:
+            return  # evaluation, report and export are rank 0's: the ranks hold the same weights
+        if args.command in ("evaluate", "fit"):
+            _evaluate(cfg, run_dir, progress)
+        if args.command in ("report", "fit"):
+            from . import report
 
-        report.write_report(run_dir, model_dir / "report")
-    if args.command in ("export", "fit"):
-        from . import export
+            report.write_report(run_dir, model_dir / "report")
+        if args.command in ("export", "fit"):
+            from . import export
 
-        export.export_model(run_dir, model_dir)
+            export.export_model(run_dir, model_dir)
+    finally:
+        distributed.finish()
 
 
 def reproduce_command(argv: list[str]) -> str:
     """The one command that rebuilds this model: the same arguments, as ``fit``, minus run-only flags."""
-    kept = [a for a in argv[1:] if a not in ("--resume", "--no-progress")]
+    kept, skip = [], False
+    for arg in argv[1:]:
+        if skip or arg in ("--resume", "--no-progress") or arg.startswith("--log-level="):
+            skip = False
+            continue
+        if arg == "--log-level":
+            skip = True  # and its value
+            continue
+        kept.append(arg)
     return "python -m training fit " + " ".join(shlex.quote(a) for a in kept)
 
 
@@ -107,7 +124,8 @@ def _evaluate(cfg: Config, run_dir: Path, progress: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    logging.basicConfig(level=args.log_level.upper(), format=f"%(asctime)s {rank}%(levelname)s %(name)s: %(message)s")
     try:
         run(args)
     except (ConfigError, DataError, FileNotFoundError, ExportError) as exc:

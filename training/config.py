@@ -41,7 +41,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 50
-    batch_size: int = 128
+    batch_size: int = 128  # the global batch: under torchrun each rank takes its share of it
     lr: float = 1e-3
     lr_min: float = 1e-4  # cosine schedule from lr down to lr_min
     beta: float = 1.0  # β = 1 is the true ELBO
@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None  # torch intra-op threads; None = torch's default
+    max_steps: int | None = None  # stop after this many optimizer steps (smoke runs); None = the epochs decide
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class Config:
             (self.model.sigma is None or self.model.sigma > 0, "model.sigma must be > 0 (or unset for a learned σ)"),
             (self.train.epochs >= 1, "train.epochs must be >= 1"),
             (self.train.batch_size >= 1, "train.batch_size must be >= 1"),
+            (self.train.max_steps is None or self.train.max_steps >= 1, "train.max_steps must be >= 1 (or unset)"),
             (self.train.lr > 0, "train.lr must be > 0"),
             (self.train.beta >= 0, "train.beta must be >= 0"),
             (self.train.kl_warmup_epochs >= 0, "train.kl_warmup_epochs must be >= 0"),

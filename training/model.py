@@ -97,6 +97,10 @@ class VAE(nn.Module):
 
         return fn
 
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> objective.Evidence:
+        """The training forward pass is the evidence (so DistributedDataParallel can wrap it)."""
+        return self.evidence(x, eps)
+
     def evidence(self, x: torch.Tensor, eps: torch.Tensor, beta: float = 1.0) -> objective.Evidence:
         """x (B, 784), eps (K, B, Z) -> per-input ELBO terms and IWAE estimate."""
         mean, log_var = self.encoder(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import objective
+from . import distributed, objective
 from .config import Config, ConfigError
 from .data import Splits, binarize_dynamic, binarize_static, load_splits
 from .model import VAE
@@ -86,11 +87,13 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True,
 
     ``command`` (the CLI line that reproduces this run) is kept in the checkpoints for the manifest.
     """
-    device = use_device(cfg)
+    world = distributed.current()  # one process, or this rank of a torchrun job
+    device = distributed.rank_device(use_device(cfg), world)
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = load_data(cfg)
     validation = prepare_eval_images(cfg, splits.validation)
     model = make_model(cfg).to(device)
+    net = distributed.wrap(model, world, device)  # DDP under torchrun: gradients averaged over ranks
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs, eta_min=cfg.train.lr_min)
     generator = torch.Generator().manual_seed(cfg.train.seed)
@@ -107,40 +110,48 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True,
         state = {k: ckpt[k] for k in state}
         command = ckpt.get("command") or command
         log.info("resumed from %s at epoch %d", last, state["epoch"])
-    elif metrics_path.exists():
+    elif metrics_path.exists() and world.is_main:
         metrics_path.unlink()  # a fresh run starts a fresh log
 
     n, batch_size = len(splits.train), cfg.train.batch_size
     steps_per_epoch = math.ceil(n / batch_size)
     z_dim = cfg.model.latent_dim
-    while state["epoch"] < cfg.train.epochs and state["stale_epochs"] < cfg.train.patience:
+    max_steps = cfg.train.max_steps or math.inf
+    while state["epoch"] < cfg.train.epochs and state["stale_epochs"] < cfg.train.patience and state["step"] < max_steps:
         epoch, started = state["epoch"], time.perf_counter()
         model.train()
         order = torch.randperm(n, generator=generator)
-        total_loss = total_elbo = 0.0
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, ELBO sum, rows: this rank's share
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress, leave=False)
         for i in bar:
             idx = order[i * batch_size:(i + 1) * batch_size]
-            x = splits.train[idx]  # (B, 784)
+            x = splits.train[idx]  # (B, 784): the global batch, drawn alike on every rank
             if cfg.model.likelihood == "bernoulli":
                 x = binarize_dynamic(x, generator)
             eps = torch.randn((1, len(x), z_dim), generator=generator)  # (1, B, Z)
+            part = distributed.shard(len(x), world)  # this rank's rows (all of them in one process)
             beta = _beta(cfg, state["step"], steps_per_epoch)
-            terms = model.evidence(x.to(device), eps.to(device))
-            batch_loss = objective.loss(terms, beta)
+            terms = net(x[part].to(device), eps[:, part].to(device))
+            shard_loss = objective.loss(terms, beta)  # mean over this rank's rows
+            # DDP averages gradients over ranks; scaled so, the average is that of the global batch's mean.
+            batch_loss = shard_loss * (len(terms.elbo) * world.size / len(x))
             optimizer.zero_grad(set_to_none=True)
             batch_loss.backward()
             optimizer.step()
             state["step"] += 1
-            total_loss += batch_loss.item() * len(x)
-            total_elbo += terms.elbo.sum().item()
-            bar.set_postfix(loss=f"{total_loss / min(n, (i + 1) * batch_size):.2f}")
+            totals += torch.tensor([shard_loss.item() * len(terms.elbo), terms.elbo.sum().item(), len(terms.elbo)], dtype=torch.float64)
+            bar.set_postfix(loss=f"{totals[0] / totals[2]:.2f}")
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("step %d parameters %s", state["step"], fingerprint(model))
+            if state["step"] >= max_steps:
+                break
         scheduler.step()
+        totals = distributed.all_sum(totals)  # every rank's rows
         val = evidence_over(model, validation, samples=1, rows=1000, seed=1, device=device)
         record = {
             "epoch": epoch + 1,
-            "train_loss": total_loss / n,
-            "train_elbo": total_elbo / n,
+            "train_loss": float(totals[0] / totals[2]),
+            "train_elbo": float(totals[1] / totals[2]),
             "val_elbo": float(val["elbo"].mean()),
             "val_reconstruction": float(val["reconstruction"].mean()),
             "val_kl": float(val["kl"].mean()),
@@ -156,17 +167,26 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True,
             state.update(best_val_elbo=record["val_elbo"], best_epoch=epoch + 1, stale_epochs=0)
         elif not warming_up:
             state["stale_epochs"] += 1
-        ckpt = _checkpoint(model, optimizer, scheduler, generator, state, cfg, command)
-        torch.save(ckpt, last)
-        if state["best_epoch"] == epoch + 1:
-            torch.save(ckpt, best)
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        if world.is_main:  # rank 0 writes checkpoints and metrics; the others hold the same weights
+            ckpt = _checkpoint(model, optimizer, scheduler, generator, state, cfg, command)
+            torch.save(ckpt, last)
+            if state["best_epoch"] == epoch + 1:
+                torch.save(ckpt, best)
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
         log.info("epoch %d: train loss %.2f, val ELBO %.2f (best %.2f @ %d), %.1fs", epoch + 1,
                  record["train_loss"], record["val_elbo"], state["best_val_elbo"], state["best_epoch"], record["seconds"])
     if state["stale_epochs"] >= cfg.train.patience:
         log.info("early stop: no validation improvement for %d epochs", cfg.train.patience)
     return best
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes: equal on two ranks only if their weights are bit-identical."""
+    digest = hashlib.sha256()
+    for p in model.parameters():
+        digest.update(p.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def load_checkpoint(path: Path, device: str = "cpu") -> tuple[Config, VAE, dict]:
