@@ -18,5 +18,5 @@ command -v wrk >/dev/null || missing+=(wrk)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q -e '.[train,dev,bench]'
+.venv/bin/python -m pip install -q -e '.[train,dev,bench,deploy]'
 exec .venv/bin/python -m pytest "$@"
