@@ -116,6 +116,11 @@ def test_compose_serves_the_shipped_models(compose_service):
         models = client.get("/models").json()["models"]
         assert {m["name"] for m in models} >= {"fashion-mnist", "fashion-mnist-gaussian", "fashion-mnist-2d"}
         assert all(m["provider"] == "CPUExecutionProvider" for m in models)
+        assert all("latent_map.png" in m["report"] for m in models)  # the report figures ship in the image
+        page = client.get("/")  # the playground's static files are package data, installed non-editable here
+        assert page.status_code == 200 and "/static/app.js" in page.text and client.get("/static/app.js").status_code == 200
+        oip = client.get("/v2/models/fashion-mnist-decoder").json()
+        assert oip["inputs"][0]["shape"] == [-1, 32]
 
 
 def test_container_runs_as_non_root_without_torch(compose_service):
