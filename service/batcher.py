@@ -44,11 +44,12 @@ class Job:
 
 
 def signature_of(inputs: Tensors, batch_axes: dict[str, int]) -> tuple:
-    """Every input's shape with the batch axis left out, plus its dtype."""
-    return tuple(
-        (name, tuple(d for i, d in enumerate(a.shape) if i != batch_axes[name]), a.dtype.str)
-        for name, a in sorted(inputs.items())
-    )
+    """Every input's shape with the batch axis left out, plus its dtype (inputs come in the graph's order)."""
+    parts = []
+    for name, a in inputs.items():
+        axis = batch_axes[name]
+        parts.append((name, a.shape[:axis] + a.shape[axis + 1:], a.dtype.char))
+    return tuple(parts)
 
 
 def take_batch(queue: deque[Job], max_cost: int, max_jobs: int | None = None) -> list[Job]:
