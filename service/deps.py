@@ -1,4 +1,4 @@
-"""FastAPI dependencies: settings, the model registry, the model a request names, the API key."""
+"""FastAPI dependencies and request helpers: the model registry, the model a request names, the API key."""
 
 from __future__ import annotations
 
@@ -8,18 +8,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from .runtime import ModelRuntime, Registry
-from .settings import Settings
 
-# Dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its thread
-# pool, a thread hop per request that cost a third of the throughput of /sample n=1.
-
-
-async def app_settings(request: Request) -> Settings:
-    """The settings the app was created with (``create_app(settings)``)."""
-    return request.app.state.settings
-
-
-SettingsDep = Annotated[Settings, Depends(app_settings)]
+# ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a thread
+# hop per request. The inference routes skip dependencies altogether (see routes/inference.py).
 
 
 async def get_registry(request: Request) -> Registry:
