@@ -1,4 +1,4 @@
-"""Service settings from the environment (prefix ``VAE_``), injected with ``Depends(get_settings)``."""
+"""Service settings from the environment (prefix ``VAE_``): ``create_app(settings)`` keeps them on ``app.state``."""
 
 from __future__ import annotations
 
