@@ -31,6 +31,19 @@ class Lifecycle:
     in_flight: int = 0
 
 
+def not_ready(request: Request) -> str | None:
+    """Why this server should get no traffic now (the same answer for /health/ready and the OIP
+    readiness routes), or None when it is ready."""
+    state = request.app.state
+    if state.lifecycle.draining:
+        return "shutting down"
+    if not state.registry.models:
+        return "no models loaded"
+    if not state.registry.ready:
+        return "warming up"
+    return None
+
+
 class ClientGone(Exception):
     """The client disconnected while its request waited: nobody is left to answer (logged as 499)."""
 

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..deps import RegistryDep
+from ..lifecycle import not_ready
 from ..runtime import ModelRuntime, Registry
 
 router = APIRouter()
@@ -71,12 +72,9 @@ async def live() -> dict:
 
 @router.get("/health/ready", tags=["health"], summary="200 once models are loaded and warmed up, else 503")
 async def ready(registry: RegistryDep, request: Request):
-    if request.app.state.lifecycle.draining:
-        return JSONResponse({"status": "shutting down"}, status_code=503)
-    if registry.ready and registry.models:
-        return {"status": "ready", "models": sorted(registry.models)}
-    status = "warming up" if registry.models else "no models loaded"
-    return JSONResponse({"status": status}, status_code=503)
+    if problem := not_ready(request):
+        return JSONResponse({"status": problem}, status_code=503)
+    return {"status": "ready", "models": sorted(registry.models)}
 
 
 @router.get("/metrics", tags=["health"], summary="Prometheus metrics")

@@ -7,7 +7,6 @@ server's limits and run it. Errors are ``{"error": "..."}`` (see ``oip_error`` i
 from __future__ import annotations
 
 import time
-
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -16,7 +15,7 @@ from fastapi.responses import Response
 from .. import __version__
 from ..batcher import DeadlineExceeded, QueueFull
 from ..deps import api_key_problem
-from ..lifecycle import run_or_abandon
+from ..lifecycle import not_ready, run_or_abandon
 from ..oip import EXTENSIONS, HEADER_LENGTH, OIPError, bad_request, infer_response, model_metadata, parse_infer_request
 from ..responses import NumpyJSONResponse
 from ..runtime import ModelRuntime, Registry
@@ -69,11 +68,8 @@ async def server_live() -> Response:
 
 @router.get("/health/ready", summary="200 once every model is loaded and warmed up (empty body)", response_class=Response)
 async def server_ready(request: Request) -> Response:
-    registry = _registry(request)
-    if request.app.state.lifecycle.draining:
-        raise OIPError(503, "shutting down")
-    if not (registry.ready and registry.models):
-        raise OIPError(503, "not ready: models are loading or warming up")
+    if problem := not_ready(request):
+        raise OIPError(503, f"not ready: {problem}")
     return Response(status_code=200)
 
 
@@ -93,10 +89,9 @@ async def metadata(name: ModelName, request: Request, version: str | None = None
 @router.get("/models/{name}/ready", summary="200 when the model can serve (empty body)", response_class=Response)
 @router.get("/models/{name}/versions/{version}/ready", summary="200 when this version can serve (empty body)", response_class=Response)
 async def model_ready(name: ModelName, request: Request, version: str | None = None) -> Response:
-    registry = _registry(request)
-    _graph(registry, name, version)
-    if not registry.ready:
-        raise OIPError(503, f"model {name!r} is warming up")
+    _graph(_registry(request), name, version)
+    if problem := not_ready(request):
+        raise OIPError(503, f"model {name!r} is not ready: {problem}")
     return Response(status_code=200)
 
 
