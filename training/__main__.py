@@ -28,6 +28,7 @@ COMMANDS = {
     "export": "ONNX graphs + parity check + manifest into models/<name>/",
     "fit": "train, evaluate, report and export in one go",
 }
+REEXPORT = "export a served model again from its own graphs (same weights and metrics, the current manifest layout)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="debug also logs a fingerprint of the weights after every step, on every rank")
         if name in ("train", "fit"):
             sub.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint")
+    sub = commands.add_parser("reexport", help=REEXPORT, description=REEXPORT)
+    sub.add_argument("model_dirs", nargs="+", type=Path, metavar="MODEL_DIR", help="a folder with manifest.json, e.g. models/fashion-mnist")
+    sub.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     return parser
 
 
@@ -62,6 +66,14 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.command == "reexport":
+        from . import export
+
+        for model_dir in args.model_dirs:
+            if not (model_dir / "manifest.json").is_file():
+                raise FileNotFoundError(f"{model_dir / 'manifest.json'} not found: name a folder of an exported model")
+            export.reexport(model_dir)
+        return
     cfg = resolve_config(args)
     run_dir = args.runs_dir / cfg.name
     model_dir = args.models_dir / cfg.name

@@ -101,10 +101,10 @@ class VAE(nn.Module):
         """The training forward pass is the evidence (so DistributedDataParallel can wrap it)."""
         return self.evidence(x, eps)
 
-    def evidence(self, x: torch.Tensor, eps: torch.Tensor, beta: float = 1.0) -> objective.Evidence:
+    def evidence(self, x: torch.Tensor, eps: torch.Tensor) -> objective.Evidence:
         """x (B, 784), eps (K, B, Z) -> per-input ELBO terms and IWAE estimate."""
         mean, log_var = self.encoder(x)
-        return objective.evidence(mean, log_var, eps, self.log_px_given_z(x), beta)
+        return objective.evidence(mean, log_var, eps, self.log_px_given_z(x))
 
     def mean_image(self, z: torch.Tensor) -> torch.Tensor:
         """E[x|z], (N, 784) in [0, 1]."""

@@ -15,7 +15,9 @@ from typing import NamedTuple
 import torch
 
 LOG_2PI = math.log(2.0 * math.pi)
-LIKELIHOODS = ("bernoulli", "gaussian")
+# Each likelihood's parameter beside the mean image: the decoder graph's second output.
+PARAMETER = {"bernoulli": "logits", "gaussian": "log_scale"}
+LIKELIHOODS = tuple(PARAMETER)
 
 
 def reparameterize(mean: torch.Tensor, log_var: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -61,13 +63,22 @@ def decoder_mean(h: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(h)
 
 
+def decoder_outputs(likelihood: str, h: torch.Tensor, log_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E[x|z], the likelihood's parameter named ``PARAMETER[likelihood]``), each (N, D), from the
+    decoder output h: Bernoulli logits h, or the Gaussian's log σ broadcast to every pixel."""
+    if likelihood == "bernoulli":
+        return decoder_mean(h), h
+    if likelihood == "gaussian":
+        return decoder_mean(h), log_scale.expand_as(h)
+    raise ValueError(f"unknown likelihood {likelihood!r}; expected one of {LIKELIHOODS}")
+
+
 def log_likelihood(likelihood: str, h: torch.Tensor, log_scale: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     """log p(x|z) for the decoder output h: Bernoulli logits, or Gaussian with mean sigmoid(h)."""
+    mean, parameter = decoder_outputs(likelihood, h, log_scale)
     if likelihood == "bernoulli":
-        return bernoulli_log_likelihood(h, x)
-    if likelihood == "gaussian":
-        return gaussian_log_likelihood(decoder_mean(h), log_scale, x)
-    raise ValueError(f"unknown likelihood {likelihood!r}; expected one of {LIKELIHOODS}")
+        return bernoulli_log_likelihood(parameter, x)
+    return gaussian_log_likelihood(mean, parameter, x)
 
 
 class Evidence(NamedTuple):
@@ -77,35 +88,34 @@ class Evidence(NamedTuple):
     reconstruction: torch.Tensor  # E_q[log p(x|z)], averaged over the K samples
     kl: torch.Tensor  # KL(q(z|x) ‖ p(z)), closed form
     log_likelihood: torch.Tensor  # IWAE estimate of log p(x) with K samples (== elbo when K = 1)
+    gap: torch.Tensor  # log_likelihood − elbo ≥ 0: estimates KL(q(z|x) ‖ p(z|x))
 
 
-def evidence(
-    mean: torch.Tensor,
-    log_var: torch.Tensor,
-    eps: torch.Tensor,
-    log_px_given_z,
-    beta: float = 1.0,
-) -> Evidence:
+def log_weights(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, log_px_z: torch.Tensor) -> torch.Tensor:
+    """log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x). z: (K, B, Z), log_px_z: (K, B) -> (K, B)."""
+    return log_px_z + log_standard_normal(z) - log_normal_diag(z, mean, log_var)
+
+
+def evidence(mean: torch.Tensor, log_var: torch.Tensor, eps: torch.Tensor, log_px_given_z) -> Evidence:
     """ELBO terms and the IWAE estimate of log p(x) from one draw of ε.
 
     mean, log_var: (B, Z); eps: (K, B, Z); ``log_px_given_z(z)`` maps (K, B, Z) -> (K, B).
 
-    IWAE: L_K = E[log (1/K) Σ_k w_k], w_k = p(x|z_k) p(z_k) / q(z_k|x), computed with logsumexp.
+    IWAE: L_K = E[log (1/K) Σ_k w_k], computed with logsumexp.
     We report it as  elbo + gap  with  gap = logsumexp_k(log w_k − mean_j log w_j) − log K,
     which is the plain estimator plus a zero-mean control variate (the closed-form KL in place
     of its Monte-Carlo estimate). It has the same expectation L_K, converges to log p(x) as K
     grows, equals the ELBO exactly when K = 1, and its gap is never negative (Jensen).
-    ``beta`` weighs the KL in the returned elbo (β = 1: the true ELBO).
     """
     z = reparameterize(mean, log_var, eps)  # (K, B, Z)
     log_px_z = log_px_given_z(z)  # (K, B)
     kl = kl_to_standard_normal(mean, log_var)  # (B,)
     reconstruction = log_px_z.mean(0)  # (B,)
-    elbo = reconstruction - beta * kl
-    log_w = log_px_z + log_standard_normal(z) - log_normal_diag(z, mean, log_var)  # (K, B)
+    elbo = reconstruction - kl
+    log_w = log_weights(z, mean, log_var, log_px_z)  # (K, B)
     centred = log_w - log_w.mean(0, keepdim=True)  # (K, B)
     gap = torch.logsumexp(centred, 0) - _log_count(centred)  # (B,) >= 0
-    return Evidence(elbo=elbo, reconstruction=reconstruction, kl=kl, log_likelihood=elbo + gap)
+    return Evidence(elbo=elbo, reconstruction=reconstruction, kl=kl, log_likelihood=elbo + gap, gap=gap)
 
 
 def _log_count(t: torch.Tensor) -> torch.Tensor:
@@ -116,10 +126,10 @@ def _log_count(t: torch.Tensor) -> torch.Tensor:
 def plain_iwae(mean, log_var, eps, log_px_given_z) -> torch.Tensor:
     """The textbook estimator log (1/K) Σ_k w_k, (B,). Kept for checking ``evidence`` against."""
     z = reparameterize(mean, log_var, eps)
-    log_w = log_px_given_z(z) + log_standard_normal(z) - log_normal_diag(z, mean, log_var)  # (K, B)
+    log_w = log_weights(z, mean, log_var, log_px_given_z(z))  # (K, B)
     return torch.logsumexp(log_w, 0) - _log_count(log_w)
 
 
 def loss(terms: Evidence, beta: float = 1.0) -> torch.Tensor:
-    """−ELBO (β-weighted KL) averaged over the batch: the training objective, a scalar."""
+    """−ELBO with the KL weighed by β (β = 1: the true ELBO), averaged over the batch: a scalar."""
     return (-terms.reconstruction + beta * terms.kl).mean()

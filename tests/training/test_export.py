@@ -35,7 +35,8 @@ def test_manifest_round_trip(exported):
     on_disk = json.loads((model_dir / "manifest.json").read_text())
     assert on_disk == manifest
     assert Config.from_dict(on_disk["config"]) == cfg
-    assert on_disk["latent_dim"] == 4 and on_disk["likelihood"] == "bernoulli" and on_disk["input_shape"] == [28, 28]
+    assert on_disk["latent_dim"] == 4 and on_disk["likelihood"] == "bernoulli"
+    assert on_disk["image_shape"] == [28, 28, 1] and on_disk["manifest_version"] == export.MANIFEST_VERSION
     assert on_disk["command"] == "pytest"
     assert on_disk["metrics"]["iwae_samples"] == 8 and "test_nll" in on_disk["metrics"]
     for name, graph in on_disk["graphs"].items():
@@ -69,11 +70,13 @@ def test_graphs_run_with_dynamic_batch_and_k(exported):
     assert image.shape == logits.shape == (13, 784) and image.min() >= 0 and image.max() <= 1
     x = (rng.random((5, 784)) < 0.5).astype(np.float32)
     score = _session(model_dir, "score")
-    elbo, recon, kl, ll = score.run(None, {"x": x, "eps": rng.standard_normal((1, 5, 4), dtype=np.float32)})
+    elbo, recon, kl, ll, gap = score.run(None, {"x": x, "eps": rng.standard_normal((1, 5, 4), dtype=np.float32)})
     np.testing.assert_array_equal(ll, elbo)  # IWAE with K = 1 is the ELBO
+    np.testing.assert_array_equal(gap, np.zeros(5, np.float32))
     np.testing.assert_allclose(elbo, recon - kl, rtol=1e-6)
-    elbo, recon, kl2, ll = score.run(None, {"x": x, "eps": rng.standard_normal((17, 5, 4), dtype=np.float32)})
-    assert np.all(ll >= elbo) and np.allclose(kl2, kl)
+    elbo, recon, kl2, ll, gap = score.run(None, {"x": x, "eps": rng.standard_normal((17, 5, 4), dtype=np.float32)})
+    assert np.all(ll >= elbo) and np.all(gap > 0) and np.allclose(kl2, kl)
+    np.testing.assert_allclose(gap, ll - elbo, atol=1e-3)
     # the score graph's KL is the closed form from the encoder's outputs
     m, lv = _session(model_dir, "encoder").run(None, {"x": x})
     np.testing.assert_allclose(kl, 0.5 * (np.exp(lv) + m ** 2 - 1 - lv).sum(-1), rtol=1e-5)
@@ -97,9 +100,31 @@ def test_export_fails_above_the_parity_tolerance(tmp_path, exported, monkeypatch
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def test_export_needs_an_evaluation_first(tmp_path):
+def test_export_needs_a_checkpoint_then_an_evaluation(tmp_path, exported):
     with pytest.raises(FileNotFoundError, match="train first"):
         export.export_model(tmp_path / "nothing", tmp_path / "out")
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "best.pt").write_bytes((exported[0].parent / "run" / "best.pt").read_bytes())  # trained, never evaluated
+    with pytest.raises(FileNotFoundError, match="eval.json not found: run `evaluate` before `export`"):
+        export.export_model(trained, tmp_path / "out")
+
+
+def test_reexport_rebuilds_the_same_model_from_its_graphs(tmp_path, exported):
+    """Weights, metrics and outputs survive a re-export; only the layout is the current one."""
+    import shutil
+
+    model_dir, manifest, _ = exported
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    again = export.reexport(copy)
+    assert again["weights"]["sha256"] == manifest["weights"]["sha256"]
+    assert again["graphs"]["encoder"]["sha256"] == manifest["graphs"]["encoder"]["sha256"]
+    assert {k: again[k] for k in ("metrics", "training", "command", "config")} == {k: manifest[k] for k in ("metrics", "training", "command", "config")}
+    rng = np.random.default_rng(3)
+    inputs = {"x": (rng.random((4, 784)) < 0.5).astype(np.float32), "eps": rng.standard_normal((6, 4, 4), dtype=np.float32)}
+    for want, got in zip(_session(model_dir, "score").run(None, inputs), _session(copy, "score").run(None, inputs)):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_gaussian_model_exports_its_learned_sigma(tmp_path):
