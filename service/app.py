@@ -13,13 +13,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from . import __version__
-from .errors import client_gone, oip_error, validation_error
+from .errors import ClientGone, ServiceError, client_gone, service_error, validation_error
+from .lifecycle import Lifecycle
 from .metrics import Metrics
-from .lifecycle import ClientGone, Lifecycle
 from .middleware import BodyLimitMiddleware, RequestMiddleware
-from .oip import OIPError
+from .registry import Registry
 from .routes import inference, meta, oip, playground
-from .runtime import Registry
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -61,13 +60,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.lifecycle = lifecycle = Lifecycle()
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(ClientGone, client_gone)
     app.include_router(inference.router)
     app.include_router(meta.router)
     app.include_router(oip.router)
     app.include_router(playground.router)
     app.mount("/static", StaticFiles(directory=playground.STATIC), name="static")
-    app.add_exception_handler(OIPError, oip_error)
-    app.add_exception_handler(ClientGone, client_gone)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST"],

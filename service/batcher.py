@@ -18,18 +18,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import Busy, DeadlinePassed
+
 log = logging.getLogger(__name__)
 
 Tensors = dict[str, np.ndarray]
 RunFn = Callable[[Tensors], Tensors]
 
 
-class QueueFull(RuntimeError):
-    """The batcher's queue holds ``max_queue_rows`` already: the caller should shed load (503)."""
+class QueueFull(Busy):
+    """The queue cannot take this request's rows now: shed it at once (503 + Retry-After)."""
 
 
-class DeadlineExceeded(RuntimeError):
+class DeadlineExceeded(DeadlinePassed):
     """The request was still queued at its deadline; its rows were dropped before reaching ORT (504)."""
+
+
+DEADLINE_MESSAGE = "deadline passed while the request was queued (X-Timeout-Ms or parameters.timeout; default VAE_REQUEST_TIMEOUT_MS)"
 
 
 @dataclass(eq=False)
@@ -95,6 +100,13 @@ def bucket_sizes(limit: int) -> list[int]:
     return sizes + [limit]
 
 
+def chunks(inputs: Tensors, rows: int, chunk: int, batch_axes: dict[str, int]) -> list[Tensors]:
+    """``inputs`` cut along their batch axes into pieces of at most ``chunk`` rows (views, no copies)."""
+    if rows <= chunk:
+        return [inputs]
+    return [{n: take_rows(a, s, s + chunk, batch_axes[n]) for n, a in inputs.items()} for s in range(0, rows, chunk)]
+
+
 def take_rows(value: np.ndarray, start: int, stop: int, axis: int) -> np.ndarray:
     """Rows ``start:stop`` along ``axis`` (a view, no copy)."""
     return value[(slice(None),) * axis + (slice(start, stop),)]
@@ -155,6 +167,36 @@ class FanOut(BatchObserver):
             o.dropped(rows, reason)
 
 
+class JobQueue:
+    """The jobs waiting for a run, and their total cost: what admission and the loop share."""
+
+    def __init__(self) -> None:
+        self.jobs: deque[Job] = deque()
+        self.cost = 0
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def add(self, jobs: list[Job]) -> None:
+        self.jobs.extend(jobs)
+        self.cost += sum(j.cost for j in jobs)
+
+    def take(self, max_cost: int, max_jobs: int | None) -> list[Job]:
+        """The next batch (see ``take_batch``), without the jobs whose request is already answered."""
+        jobs = take_batch(self.jobs, max_cost, max_jobs)
+        self.cost -= sum(j.cost for j in jobs)
+        return [j for j in jobs if not j.future.done()]
+
+    def drop(self, job: Job) -> bool:
+        """Remove a job that is still queued; False if a run has taken it already."""
+        if not job.queued:
+            return False
+        job.queued = False
+        self.jobs.remove(job)
+        self.cost -= job.cost
+        return True
+
+
 class Batcher:
     """One per (model, graph). ``await submit(inputs)`` returns that request's slice of a batched run."""
 
@@ -177,9 +219,7 @@ class Batcher:
         self.executor, self.pad_to_buckets, self.name = executor, pad_to_buckets, name
         self.max_jobs = None if coalesce else 1  # coalesce=False: the no-batching baseline
         self.observer = observer or BatchObserver()
-        self.queue: deque[Job] = deque()
-        self.queued_cost = 0
-        self.runs = 0  # ORT runs made: what batching saves
+        self.queue = JobQueue()
         self._wake = asyncio.Event()
         self._worker: asyncio.Task | None = None
         # Runs in flight at once: a second run lets a big batch use another core while the first
@@ -202,31 +242,39 @@ class Batcher:
         return next(size for size in bucket_sizes(self.chunk_rows(weight)) if size >= rows)
 
     async def submit(self, inputs: Tensors, weight: int = 1, deadline: float | None = None) -> Tensors:
-        """Queue ``inputs`` (each row costs ``weight``); requests above the limit run in chunks.
+        """Queue ``inputs`` (each row costs ``weight``); requests above the batch limit run in chunks.
 
         ``deadline`` (a ``time.perf_counter()`` value): still queued then, the request is dropped
         and gets DeadlineExceeded. Cancelling the awaiting task (a client that left) drops it too.
         """
-        rows, chunk = self.rows_of(inputs), self.chunk_rows(weight)
-        if rows <= chunk:
-            return await self._submit_one(inputs, rows, weight, deadline)
-        starts = range(0, rows, chunk)
-        parts = [{n: take_rows(a, s, s + chunk, self.batch_axes[n]) for n, a in inputs.items()} for s in starts]
-        results = await asyncio.gather(*(self._submit_one(p, self.rows_of(p), weight, deadline) for p in parts))
+        rows = self.rows_of(inputs)
+        parts = chunks(inputs, rows, self.chunk_rows(weight), self.batch_axes)
+        jobs = self._admit(parts, weight)
+        if len(jobs) == 1:
+            return await self._result(jobs[0], deadline)
+        results = await asyncio.gather(*(self._result(job, deadline) for job in jobs))
         return concatenate(list(results), self.batch_axes)
 
-    async def _submit_one(self, inputs: Tensors, rows: int, weight: int, deadline: float | None) -> Tensors:
-        cost = rows * weight
-        if self.queued_cost + cost > self.max_queue_rows:
-            raise QueueFull(f"{self.name}: {self.queued_cost} rows queued (limit {self.max_queue_rows})")
+    def _admit(self, parts: list[Tensors], weight: int) -> list[Job]:
+        """Queue every chunk of one request, or none of them (QueueFull)."""
         loop = asyncio.get_running_loop()
-        job = Job(inputs, rows, cost, signature_of(inputs, self.batch_axes), loop.create_future())
-        self.queue.append(job)
-        self.queued_cost += cost
-        self.observer.queue_depth(self.queued_cost)
+        jobs = []
+        for part in parts:
+            rows = self.rows_of(part)
+            jobs.append(Job(part, rows, rows * weight, signature_of(part, self.batch_axes), loop.create_future()))
+        cost = sum(j.cost for j in jobs)
+        if self.queue.cost + cost > self.max_queue_rows:
+            raise QueueFull(f"{self.name}: {self.queue.cost} rows queued (limit {self.max_queue_rows})")
+        self.queue.add(jobs)
+        self.observer.queue_depth(self.queue.cost)
         self._wake.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name=f"batcher:{self.name}")
+        return jobs
+
+    async def _result(self, job: Job, deadline: float | None) -> Tensors:
+        """The job's slice of its run; dropped from the queue at its deadline or when cancelled."""
+        loop = asyncio.get_running_loop()
         timer = None if deadline is None else loop.call_later(max(0.0, deadline - time.perf_counter()), self._expire, job)
         try:
             return await job.future
@@ -240,19 +288,17 @@ class Batcher:
     def _expire(self, job: Job) -> None:
         """At a job's deadline: dropped if still queued; a job already running is left to finish."""
         if self._drop(job, "deadline"):
-            job.future.set_exception(DeadlineExceeded(f"{self.name}: still queued at the request's deadline"))
+            job.future.set_exception(DeadlineExceeded(DEADLINE_MESSAGE))
 
     def _drop(self, job: Job, reason: str) -> bool:
-        if not job.queued:
+        if not self.queue.drop(job):
             return False
-        job.queued = False
-        self.queue.remove(job)
-        self.queued_cost -= job.cost
-        self.observer.queue_depth(self.queued_cost)
+        self.observer.queue_depth(self.queue.cost)
         self.observer.dropped(job.rows, reason)
         return True
 
     async def _work(self) -> None:
+        """The loop: wait for jobs and a free run slot, let the batch fill, start its run."""
         self._slots = self._slots or asyncio.Semaphore(self.max_concurrent_runs)
         while True:
             if not self.queue:
@@ -260,15 +306,10 @@ class Batcher:
                 await self._wake.wait()
                 continue
             await self._slots.acquire()  # jobs keep queueing (and coalescing) while every slot is busy
-            if not self.queue:
-                self._slots.release()
-                continue
             await self._wait_to_fill()
-            jobs = take_batch(self.queue, self.max_batch_rows, self.max_jobs)
-            self.queued_cost -= sum(j.cost for j in jobs)
-            self.observer.queue_depth(self.queued_cost)
-            jobs = [j for j in jobs if not j.future.done()]  # a cancelled request never reaches ORT
-            if not jobs:
+            jobs = self.queue.take(self.max_batch_rows, self.max_jobs) if self.queue else []
+            self.observer.queue_depth(self.queue.cost)
+            if not jobs:  # every job was dropped meanwhile, or cancelled before its run
                 self._slots.release()
                 continue
             run = asyncio.create_task(self._run(jobs))
@@ -281,10 +322,10 @@ class Batcher:
 
     async def _wait_to_fill(self) -> None:
         """With a max delay: wait until the queue holds a full batch or the head has waited long enough."""
-        if self.max_delay_s <= 0:
+        if self.max_delay_s <= 0 or not self.queue:
             return
-        deadline = self.queue[0].enqueued_at + self.max_delay_s
-        while self.queued_cost < self.max_batch_rows and (remaining := deadline - time.perf_counter()) > 0:
+        deadline = self.queue.jobs[0].enqueued_at + self.max_delay_s
+        while self.queue.cost < self.max_batch_rows and (remaining := deadline - time.perf_counter()) > 0:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), remaining)
@@ -292,20 +333,15 @@ class Batcher:
                 break
 
     async def _run(self, jobs: list[Job]) -> None:
+        """One ORT run in the executor over the jobs' rows (padded to a bucket), split back to them."""
         now = time.perf_counter()
         for job in jobs:
             self.observer.queue_wait(now - job.enqueued_at)
         rows = sum(j.rows for j in jobs)
-        inputs = concatenate([j.inputs for j in jobs], self.batch_axes)
-        target = self.padded_rows(rows, weight=jobs[0].cost // jobs[0].rows)
-        inputs = pad_rows(inputs, rows, target, self.batch_axes)
-        self.runs += 1
         self.observer.batch(rows, len(jobs))
         started = time.perf_counter()
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, inputs)
-            if target != rows:
-                outputs = {n: take_rows(v, 0, rows, self.batch_axes.get(n, 0)) for n, v in outputs.items()}
+            outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self._padded_run, jobs, rows)
             pieces = split(outputs, [j.rows for j in jobs], self.batch_axes)
         except Exception as exc:  # the failure belongs to this run's requests only
             log.warning("%s: run of %d rows failed: %s", self.name, rows, exc)
@@ -318,6 +354,15 @@ class Batcher:
             if not job.future.done():
                 job.future.set_result(piece)
         self._report(jobs, rows, started, ok=True)
+
+    def _padded_run(self, jobs: list[Job], rows: int) -> Tensors:
+        """Concatenate, pad to the bucket, run, cut the padding off (in the executor thread)."""
+        inputs = concatenate([j.inputs for j in jobs], self.batch_axes)
+        target = self.padded_rows(rows, weight=jobs[0].cost // jobs[0].rows)
+        outputs = self.run(pad_rows(inputs, rows, target, self.batch_axes))
+        if target == rows:
+            return outputs
+        return {n: take_rows(v, 0, rows, self.batch_axes.get(n, 0)) for n, v in outputs.items()}
 
     def _report(self, jobs: list[Job], rows: int, started: float, ok: bool) -> None:
         now = time.perf_counter()
@@ -332,7 +377,7 @@ class Batcher:
                 await task
             except asyncio.CancelledError:
                 pass
-        for job in self.queue:
+        for job in self.queue.jobs:
             if not job.future.done():
                 job.future.set_exception(RuntimeError(f"{self.name} closed"))
-        self.queue.clear()
+        self.queue = JobQueue()

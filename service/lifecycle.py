@@ -1,6 +1,5 @@
-"""A request's life beyond its handler: its deadline, its client leaving, and the SIGTERM drain.
+"""A request's life beyond its handler: its client leaving, and the SIGTERM drain.
 
-- ``deadline_of``: the service's default deadline, or the client's ``X-Timeout-Ms`` within the cap.
 - ``run_or_abandon``: awaits the batcher, and cancels the queued work if the client disconnects,
   so an abandoned request never reaches onnxruntime.
 - ``Lifecycle``: the in-flight count and the draining flag that ``RequestMiddleware`` keeps and the
@@ -10,19 +9,15 @@
 from __future__ import annotations
 
 import asyncio
-import math
-import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from fastapi import Request
 
-from .schemas import unprocessable
-from .settings import Settings
+from .errors import ClientGone
 
 T = TypeVar("T")
-TIMEOUT_HEADER = "x-timeout-ms"
 
 
 @dataclass
@@ -42,27 +37,6 @@ def not_ready(request: Request) -> str | None:
     if not state.registry.ready:
         return "warming up"
     return None
-
-
-class ClientGone(Exception):
-    """The client disconnected while its request waited: nobody is left to answer (logged as 499)."""
-
-
-def deadline_of(request: Request, settings: Settings) -> float:
-    """A ``time.perf_counter()`` deadline: the client's ``X-Timeout-Ms`` (within the cap), or the default."""
-    cap = settings.max_request_timeout_ms / 1000
-    header = request.headers.get(TIMEOUT_HEADER)
-    if header is None:
-        return time.perf_counter() + settings.request_timeout_ms / 1000
-    try:
-        timeout_s = float(header) / 1000
-    except ValueError:
-        timeout_s = math.nan
-    if not (timeout_s > 0 and math.isfinite(timeout_s)):
-        raise unprocessable([TIMEOUT_HEADER], f"X-Timeout-Ms: {header!r} is not a positive number of milliseconds", "header")
-    if timeout_s > cap:
-        raise unprocessable([TIMEOUT_HEADER], f"timeout of {timeout_s * 1000:g} ms is over this server's cap of {cap * 1000:g} ms", "header")
-    return time.perf_counter() + timeout_s
 
 
 async def _disconnected(request: Request) -> None:

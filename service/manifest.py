@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 REQUIRED_GRAPHS = ("encoder", "decoder", "score", "reparameterize")
+MANIFEST_VERSIONS = (2,)  # the layouts this service reads (training/export.py writes the newest)
 
 
 class ManifestError(ValueError):
@@ -30,11 +31,12 @@ class GraphSpec(FileSpec):
 
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="allow")
+    manifest_version: int
     name: str
     version: str
     latent_dim: int
     likelihood: str
-    input_shape: list[int]
+    image_shape: tuple[int, int, int]  # (H, W, C), C = 1 or 3
     graphs: dict[str, GraphSpec]
     weights: FileSpec | None = None  # external data shared by the graphs
     metrics: dict[str, Any] = {}
@@ -49,6 +51,11 @@ class Manifest(BaseModel):
         data.pop("config", None)
         return data
 
+    @property
+    def image_size(self) -> int:
+        h, w, c = self.image_shape
+        return h * w * c
+
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
@@ -56,6 +63,23 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_layout(manifest: Manifest, path: Path) -> None:
+    """The manifest is one this service reads, with every graph, and images of a servable shape."""
+    again = "re-export the model with `python -m training export`"
+    if manifest.manifest_version not in MANIFEST_VERSIONS:
+        supported = ", ".join(map(str, MANIFEST_VERSIONS))
+        raise ManifestError(f"{path}: manifest_version {manifest.manifest_version} is not one this service reads ({supported}); {again}")
+    missing = [g for g in REQUIRED_GRAPHS if g not in manifest.graphs]
+    if missing:
+        raise ManifestError(f"{path}: graphs missing: {', '.join(missing)}; {again}")
+    h, w, c = manifest.image_shape
+    if h < 1 or w < 1 or c not in (1, 3):
+        raise ManifestError(f"{path}: image_shape {list(manifest.image_shape)} is not [H, W, 1] or [H, W, 3]")
+    x = manifest.graphs["encoder"].inputs.get("x", [])
+    if x[-1:] != [manifest.image_size]:
+        raise ManifestError(f"{path}: the encoder takes {x}, not the {manifest.image_size} values of image_shape {list(manifest.image_shape)}")
 
 
 def load_manifest(model_dir: Path) -> Manifest:
@@ -70,11 +94,7 @@ def load_manifest(model_dir: Path) -> Manifest:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ManifestError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    missing = [g for g in REQUIRED_GRAPHS if g not in manifest.graphs]
-    if missing:
-        raise ManifestError(f"{path}: graphs missing: {', '.join(missing)} (re-export with `python -m training export`)")
-    if manifest.input_shape != [28, 28]:
-        raise ManifestError(f"{path}: input_shape {manifest.input_shape} is not [28, 28]")
+    check_layout(manifest, path)
     files = {f"{name} graph": spec for name, spec in manifest.graphs.items()}
     if manifest.weights is not None:
         files["weights"] = manifest.weights

@@ -1,6 +1,10 @@
-"""Prometheus metrics, one registry per app (so tests can run several apps in one process)."""
+"""What the batchers report: Prometheus metrics (one registry per app, so tests can run several apps
+in one process) and Triton-style statistics per graph."""
 
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -47,3 +51,46 @@ class _Observer(BatchObserver):
 
     def dropped(self, rows: int, reason: str) -> None:
         self.drops[reason].inc()
+
+
+def _duration(count: int = 0, ns: int = 0) -> dict:
+    return {"count": count, "ns": ns}
+
+
+@dataclass
+class GraphStats(BatchObserver):
+    """Triton's statistics extension for one graph, fed by its batcher (REST and OIP traffic alike)."""
+
+    inference_count: int = 0  # rows
+    execution_count: int = 0  # ORT runs
+    last_inference_ms: int = 0
+    totals: dict[str, list[int]] = field(default_factory=lambda: {k: [0, 0] for k in ("success", "fail", "queue", "compute_infer")})
+    batches: dict[int, list[int]] = field(default_factory=dict)  # batch size -> [runs, compute ns]
+
+    def queue_wait(self, seconds: float) -> None:
+        self._add("queue", 1, seconds)
+
+    def run_done(self, rows: int, compute_s: float, request_s: list[float], ok: bool) -> None:
+        self.execution_count += 1
+        self.last_inference_ms = int(time.time() * 1000)
+        self._add("compute_infer", len(request_s), compute_s * len(request_s))
+        self._add("success" if ok else "fail", len(request_s), sum(request_s))
+        if ok:
+            self.inference_count += rows
+        runs = self.batches.setdefault(rows, [0, 0])
+        runs[0] += 1
+        runs[1] += int(compute_s * 1e9)
+
+    def _add(self, key: str, count: int, seconds: float) -> None:
+        self.totals[key][0] += count
+        self.totals[key][1] += int(seconds * 1e9)
+
+    def report(self, name: str, version: str) -> dict:
+        stats = {key: _duration(*value) for key, value in self.totals.items()}
+        stats |= {"compute_input": _duration(), "compute_output": _duration()}
+        return {
+            "name": name, "version": version, "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count, "execution_count": self.execution_count, "inference_stats": stats,
+            "batch_stats": [{"batch_size": size, "compute_input": _duration(), "compute_output": _duration(),
+                             "compute_infer": _duration(runs, ns)} for size, (runs, ns) in sorted(self.batches.items())],
+        }

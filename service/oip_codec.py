@@ -1,5 +1,5 @@
-"""The Open Inference Protocol (KServe v2) in plain functions: metadata, infer requests with the
-binary tensor data extension, infer responses, and Triton-style statistics.
+"""The Open Inference Protocol (KServe v2) as plain functions: metadata, infer requests with the
+binary tensor data extension, and infer responses.
 
 Each exported graph of each model is one OIP model, ``<model>-<graph>`` (``fashion-mnist-decoder``),
 with the names, FP32 datatypes and shapes (-1 for dynamic axes) of its manifest. The routes in
@@ -8,13 +8,13 @@ with the names, FP32 datatypes and shapes (-1 for dynamic axes) of its manifest.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
 
-from .batcher import BatchObserver, Tensors
+from .batcher import Tensors
+from .errors import InvalidInput
 from .manifest import GraphSpec
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -23,16 +23,9 @@ DATATYPE = "FP32"  # every exported graph takes and returns float32
 PLATFORM = "onnxruntime_onnx"
 
 
-class OIPError(Exception):
-    """A protocol error: answered as ``{"error": message}`` with ``status``."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers
-
-
-def bad_request(message: str) -> OIPError:
-    return OIPError(400, message)
+def bad_request(message: str) -> InvalidInput:
+    """A malformed infer request: the protocol answers 400 with the message."""
+    return InvalidInput(message, ("body",))
 
 
 def tensor_metadata(tensors: dict[str, list[int]]) -> list[dict]:
@@ -179,46 +172,3 @@ def infer_response(model: str, version: str, request: InferRequest, results: Ten
     if not blobs:
         return head, {"content-type": "application/json"}
     return head + b"".join(blobs), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
-
-
-def _duration(count: int = 0, ns: int = 0) -> dict:
-    return {"count": count, "ns": ns}
-
-
-@dataclass
-class GraphStats(BatchObserver):
-    """Triton's statistics extension for one graph, fed by its batcher (REST and OIP traffic alike)."""
-
-    inference_count: int = 0  # rows
-    execution_count: int = 0  # ORT runs
-    last_inference_ms: int = 0
-    totals: dict[str, list[int]] = field(default_factory=lambda: {k: [0, 0] for k in ("success", "fail", "queue", "compute_infer")})
-    batches: dict[int, list[int]] = field(default_factory=dict)  # batch size -> [runs, compute ns]
-
-    def queue_wait(self, seconds: float) -> None:
-        self._add("queue", 1, seconds)
-
-    def run_done(self, rows: int, compute_s: float, request_s: list[float], ok: bool) -> None:
-        self.execution_count += 1
-        self.last_inference_ms = int(time.time() * 1000)
-        self._add("compute_infer", len(request_s), compute_s * len(request_s))
-        self._add("success" if ok else "fail", len(request_s), sum(request_s))
-        if ok:
-            self.inference_count += rows
-        runs = self.batches.setdefault(rows, [0, 0])
-        runs[0] += 1
-        runs[1] += int(compute_s * 1e9)
-
-    def _add(self, key: str, count: int, seconds: float) -> None:
-        self.totals[key][0] += count
-        self.totals[key][1] += int(seconds * 1e9)
-
-    def report(self, name: str, version: str) -> dict:
-        stats = {key: _duration(*value) for key, value in self.totals.items()}
-        stats |= {"compute_input": _duration(), "compute_output": _duration()}
-        return {
-            "name": name, "version": version, "last_inference": self.last_inference_ms,
-            "inference_count": self.inference_count, "execution_count": self.execution_count, "inference_stats": stats,
-            "batch_stats": [{"batch_size": size, "compute_input": _duration(), "compute_output": _duration(),
-                             "compute_infer": _duration(runs, ns)} for size, (runs, ns) in sorted(self.batches.items())],
-        }

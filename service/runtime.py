@@ -1,17 +1,15 @@
-"""onnxruntime sessions for every model in the model dir, their batchers, and the warm-up.
+"""One model at run time: its onnxruntime sessions, a batcher per graph, and the warm-up.
 
 Providers: CUDA first when it really works here, then CPU; the provider each session ended up
-on is logged and reported in /models. A model that fails to load is refused with one log line;
-the others are served.
+on is logged and reported in /models. ``load_model`` checks everything before a model serves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +19,7 @@ import onnxruntime as ort
 
 from .batcher import Batcher, FanOut, Tensors, bucket_sizes
 from .manifest import REQUIRED_GRAPHS, GraphSpec, Manifest, ManifestError, load_manifest
-from .metrics import Metrics
-from .oip import GraphStats
+from .metrics import GraphStats, Metrics
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -124,6 +121,10 @@ class ModelRuntime:
     def latent_dim(self) -> int:
         return self.manifest.latent_dim
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.manifest.image_shape
+
     def run_graph(self, graph: str, inputs: Tensors) -> Tensors:
         """Synchronous ORT run (called from the batcher's executor thread)."""
         session = self.sessions[graph]
@@ -131,19 +132,25 @@ class ModelRuntime:
         return dict(zip(names, session.run(names, inputs)))
 
     # ``deadline``: a time.perf_counter() value; still queued then, the request gets DeadlineExceeded.
-    async def encode(self, x: np.ndarray, deadline: float | None = None) -> Tensors:  # (B, 784) -> mean, log_var (B, Z)
-        return await self.batchers["encoder"].submit({"x": x}, deadline=deadline)
+    async def encode(self, x: np.ndarray, eps: np.ndarray, deadline: float | None = None) -> Tensors:
+        """q(z|x): mean, log_var (B, Z) from x (B, D); with K = len(eps) > 0 draws, also z (B, K, Z)."""
+        out = await self.batchers["encoder"].submit({"x": x}, deadline=deadline)
+        if len(eps) == 0:
+            return out
+        inputs = {"mean": out["mean"], "log_var": out["log_var"], "eps": eps}  # eps (K, B, Z)
+        z = (await self.batchers["reparameterize"].submit(inputs, weight=len(eps), deadline=deadline))["z"]  # (K, B, Z)
+        return {**out, "z": np.ascontiguousarray(z.transpose(1, 0, 2))}  # (B, K, Z)
 
-    async def decode(self, z: np.ndarray, deadline: float | None = None) -> Tensors:  # (B, Z) -> image (B, 784), ...
+    async def decode(self, z: np.ndarray, deadline: float | None = None) -> Tensors:
+        """E[x|z]: image (B, D) from z (B, Z), plus the likelihood's parameters."""
         return await self.batchers["decoder"].submit({"z": z}, deadline=deadline)
 
-    async def reparameterize(self, mean: np.ndarray, log_var: np.ndarray, eps: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        inputs = {"mean": mean, "log_var": log_var, "eps": eps}
-        out = await self.batchers["reparameterize"].submit(inputs, weight=eps.shape[0], deadline=deadline)
-        return out["z"]  # (K, B, Z)
+    async def score(self, x: np.ndarray, eps: np.ndarray, deadline: float | None = None) -> Tensors:
+        """x (B, D), eps (K, B, Z) -> elbo, reconstruction, kl, log_likelihood, gap, each (B,)."""
+        return await self.batchers["score"].submit({"x": x, "eps": eps}, weight=len(eps), deadline=deadline)
 
-    async def score(self, x: np.ndarray, eps: np.ndarray, deadline: float | None = None) -> Tensors:  # (B, 784), (K, B, Z) -> 4 × (B,)
-        return await self.batchers["score"].submit({"x": x, "eps": eps}, weight=eps.shape[0], deadline=deadline)
+    async def close(self) -> None:
+        await asyncio.gather(*(b.close() for b in self.batchers.values()))
 
     def warm_up(self) -> int:
         """Run every graph once per batch shape its batcher can produce; returns the runs made.
@@ -159,80 +166,44 @@ class ModelRuntime:
         return runs
 
 
-class Registry:
-    """Every servable model by name, the ones refused and why, and the readiness flag."""
+def make_batchers(runtime: ModelRuntime, settings: Settings, metrics: Metrics, executor: Executor) -> None:
+    """A batcher per graph, sharing ``executor``; padded to buckets on CUDA (or when asked)."""
+    pad = settings.pad_batches == "true" or (settings.pad_batches == "auto" and runtime.provider == CUDA)
+    for graph in REQUIRED_GRAPHS:
+        runtime.stats[graph] = GraphStats()
+        runtime.batchers[graph] = Batcher(
+            run=lambda inputs, g=graph: runtime.run_graph(g, inputs),
+            batch_axes=runtime.manifest.graphs[graph].batch_axes,
+            max_batch_rows=settings.max_batch_rows,
+            max_delay_s=settings.max_delay_ms / 1000.0,
+            max_queue_rows=settings.max_queue_rows,
+            executor=executor,
+            pad_to_buckets=pad,
+            coalesce=settings.batching,
+            max_concurrent_runs=settings.max_concurrent_runs,
+            observer=FanOut(metrics.observer(runtime.name, graph), runtime.stats[graph]),
+            name=f"{runtime.name}/{graph}",
+        )
 
-    def __init__(self, settings: Settings, metrics: Metrics):
-        self.settings, self.metrics = settings, metrics
-        self.models: dict[str, ModelRuntime] = {}
-        self.refused: dict[str, str] = {}
-        self.ready = False
-        self.executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="ort")
 
-    @property
-    def default_model(self) -> str:
-        return self.settings.default_model
-
-    def load_all(self) -> None:
-        root = self.settings.model_dir
-        manifests = sorted(root.glob("*/manifest.json")) if root.is_dir() else []
-        if not manifests:
-            log.error("no models found: %s has no */manifest.json", root.resolve())
-        providers = requested_providers(self.settings)
-        for path in manifests:
-            name = path.parent.name
-            try:
-                self.models[name] = self._load(path.parent, providers)
-            except Exception as exc:  # any failure refuses this model only; the others still serve
-                reason = str(exc).splitlines()[0]
-                self.refused[name] = reason
-                log.error("model %s refused: %s", name, reason)
-        if self.default_model not in self.models:
-            log.warning("default model %r is not being served (served: %s)", self.default_model, sorted(self.models))
-
-    def _load(self, model_dir: Path, providers: list[str]) -> ModelRuntime:
-        started = time.perf_counter()
-        manifest = load_manifest(model_dir)
-        options = session_options(self.settings)
-        sessions = {}
-        for graph in REQUIRED_GRAPHS:
-            spec = manifest.graphs[graph]
-            session = open_session(model_dir / spec.path, providers, options)
-            check_graph(session, spec, model_dir / spec.path)
-            sessions[graph] = session
-        check_latent_dim(manifest)
-        actual = sessions["decoder"].get_providers()[0]
-        if CUDA in providers and actual != CUDA:
-            log.warning("model %s: CUDA provider unavailable here (onnxruntime-gpu needs CUDA 13 + cuDNN 9); using %s",
-                        manifest.name, actual)
-        runtime = ModelRuntime(model_dir.name, manifest, sessions, actual)
-        pad = self.settings.pad_batches == "true" or (self.settings.pad_batches == "auto" and actual == CUDA)
-        for graph in REQUIRED_GRAPHS:
-            runtime.stats[graph] = GraphStats()
-            runtime.batchers[graph] = Batcher(
-                run=lambda inputs, g=graph: runtime.run_graph(g, inputs),
-                batch_axes=manifest.graphs[graph].batch_axes,
-                max_batch_rows=self.settings.max_batch_rows,
-                max_delay_s=self.settings.max_delay_ms / 1000.0,
-                max_queue_rows=self.settings.max_queue_rows,
-                executor=self.executor,
-                pad_to_buckets=pad,
-                coalesce=self.settings.batching,
-                max_concurrent_runs=self.settings.max_concurrent_runs,
-                observer=FanOut(self.metrics.observer(model_dir.name, graph), runtime.stats[graph]),
-                name=f"{model_dir.name}/{graph}",
-            )
-        log.info("model %s v%s loaded on %s (latent_dim=%d, likelihood=%s) in %.2fs", runtime.name, manifest.version,
-                 actual, manifest.latent_dim, manifest.likelihood, time.perf_counter() - started)
-        return runtime
-
-    def warm_up(self) -> None:
-        started = time.perf_counter()
-        runs = sum(model.warm_up() for model in self.models.values())
-        self.ready = True
-        log.info("warm-up done: %d runs over %d models in %.2fs; ready", runs, len(self.models), time.perf_counter() - started)
-
-    async def close(self) -> None:
-        for model in self.models.values():
-            await asyncio.gather(*(b.close() for b in model.batchers.values()))
-        self.executor.shutdown(wait=False, cancel_futures=True)
+def load_model(model_dir: Path, providers: list[str], settings: Settings, metrics: Metrics, executor: Executor) -> ModelRuntime:
+    """Manifest, sha256s, sessions, graph shapes, then batchers: any failure raises before it serves."""
+    started = time.perf_counter()
+    manifest = load_manifest(model_dir)
+    options = session_options(settings)
+    sessions = {}
+    for graph in REQUIRED_GRAPHS:
+        spec = manifest.graphs[graph]
+        session = open_session(model_dir / spec.path, providers, options)
+        check_graph(session, spec, model_dir / spec.path)
+        sessions[graph] = session
+    check_latent_dim(manifest)
+    actual = sessions["decoder"].get_providers()[0]
+    if CUDA in providers and actual != CUDA:
+        log.warning("model %s: CUDA provider unavailable here (onnxruntime-gpu needs CUDA 13 + cuDNN 9); using %s",
+                    manifest.name, actual)
+    runtime = ModelRuntime(model_dir.name, manifest, sessions, actual)
+    make_batchers(runtime, settings, metrics, executor)
+    log.info("model %s v%s loaded on %s (image %s, latent_dim=%d, likelihood=%s) in %.2fs", runtime.name, manifest.version,
+             actual, list(manifest.image_shape), manifest.latent_dim, manifest.likelihood, time.perf_counter() - started)
+    return runtime

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path as FilePath
-
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..deps import RegistryDep
+from ..errors import ModelUnavailable, UnknownModel
 from ..lifecycle import not_ready
-from ..runtime import ModelRuntime, Registry
+from ..registry import Registry
+from ..runtime import ModelRuntime
+
+
+async def get_registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 router = APIRouter()
 
@@ -47,21 +54,19 @@ async def list_models(registry: RegistryDep) -> dict:
 
 @router.get("/models/{name}", tags=["models"], summary="one model's manifest metadata")
 async def get_model(name: Annotated[str, Path(examples=["fashion-mnist"])], registry: RegistryDep) -> dict:
-    if name in registry.models:
-        return describe(registry.models[name], registry)
-    if name in registry.refused:
+    try:
+        return describe(registry.resolve(name), registry)
+    except ModelUnavailable:
         return JSONResponse({"name": name, "status": "unavailable", "reason": registry.refused[name]}, status_code=503)
-    raise HTTPException(404, f"unknown model {name!r}; available: {', '.join(sorted(registry.models)) or 'none'}")
 
 
 @router.get("/models/{name}/report/{file}", tags=["models"], summary="a figure from the model's training report")
 async def report_file(name: Annotated[str, Path(examples=["fashion-mnist"])], file: Annotated[str, Path(examples=["samples.png"])],
                       registry: RegistryDep) -> FileResponse:
-    if name not in registry.models:
-        raise HTTPException(404, f"unknown model {name!r}")
+    registry.resolve(name)
     path = report_files(registry, name).get(file)  # only names listed from the folder: no path tricks
     if path is None:
-        raise HTTPException(404, f"model {name!r} has no report file {file!r}")
+        raise UnknownModel(f"model {name!r} has no report file {file!r}")
     return FileResponse(path, media_type=REPORT_TYPES[path.suffix])
 
 

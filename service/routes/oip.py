@@ -1,29 +1,29 @@
 """/v2: the Open Inference Protocol (KServe v2) beside the REST API, on the same batchers.
 
-Protocol parsing and answers live in ``service.oip``; these routes find the graph, apply the
-server's limits and run it. Errors are ``{"error": "..."}`` (see ``oip_error`` in app.py).
+Protocol parsing and answers live in ``service.oip_codec``; these routes find the graph, apply
+the same rules as the REST routes (``rules``) and run it. Domain errors are rendered in the
+protocol's ``{"error": "..."}`` shape (``errors.render``, by the /v2 prefix).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 
-from .. import __version__
-from ..batcher import DeadlineExceeded, QueueFull
-from ..deps import api_key_problem
+from .. import __version__, rules
+from ..arrays import NumpyJSONResponse
+from ..errors import OIP_PREFIX, ModelUnavailable, ServiceUnavailable, UnknownModel
 from ..lifecycle import not_ready, run_or_abandon
-from ..oip import EXTENSIONS, HEADER_LENGTH, OIPError, bad_request, infer_response, model_metadata, parse_infer_request
-from ..responses import NumpyJSONResponse
-from ..runtime import ModelRuntime, Registry
+from ..oip_codec import EXTENSIONS, HEADER_LENGTH, infer_response, model_metadata, parse_infer_request
+from ..registry import Registry
+from ..runtime import ModelRuntime
 
 # Examples in OpenAPI, so a client (or schemathesis) finds a real model to call.
 ModelName = Annotated[str, Path(description="<model>-<graph>", examples=["fashion-mnist-decoder"])]
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol (KServe v2)"], default_response_class=NumpyJSONResponse)
+router = APIRouter(prefix=OIP_PREFIX, tags=["open inference protocol (KServe v2)"], default_response_class=NumpyJSONResponse)
 
 
 def _registry(request: Request) -> Registry:
@@ -33,20 +33,22 @@ def _registry(request: Request) -> Registry:
 def _graph(registry: Registry, name: str, version: str | None = None) -> tuple[ModelRuntime, str]:
     """``fashion-mnist-decoder`` -> (the fashion-mnist runtime, "decoder"); 404 for anything else."""
     model_name, _, graph = name.rpartition("-")
-    runtime = registry.models.get(model_name)
-    if runtime is None or graph not in runtime.batchers:
-        if model_name in registry.refused:
-            raise OIPError(503, f"model {name!r} is unavailable: {registry.refused[model_name]}")
-        raise OIPError(404, f"unknown model {name!r}; models are <model>-<graph>, e.g. {next(iter(_names(registry)), 'none')}")
+    try:
+        runtime = registry.resolve(model_name)
+    except ModelUnavailable as exc:
+        raise ModelUnavailable(f"model {name!r} is unavailable: {registry.refused[model_name]}") from exc
+    except UnknownModel:
+        runtime = None
+    if runtime is None or not model_name or graph not in runtime.batchers:
+        example = next(iter(_names(registry)), "none")
+        raise UnknownModel(f"unknown model {name!r}; models are <model>-<graph>, e.g. {example}")
     if version is not None and version != runtime.manifest.version:
-        raise OIPError(404, f"model {name!r} has no version {version!r} (it serves {runtime.manifest.version!r})")
+        raise UnknownModel(f"model {name!r} has no version {version!r} (it serves {runtime.manifest.version!r})")
     return runtime, graph
 
 
 async def require_api_key(request: Request) -> None:
-    """The API key check of the REST routes, answered in the protocol's error shape."""
-    if problem := api_key_problem(request):
-        raise OIPError(401, problem, {"WWW-Authenticate": "Bearer"})
+    rules.authorize(request, request.app.state.settings.api_key_list)
 
 
 KEYED = [Depends(require_api_key)]
@@ -69,7 +71,7 @@ async def server_live() -> Response:
 @router.get("/health/ready", summary="200 once every model is loaded and warmed up (empty body)", response_class=Response)
 async def server_ready(request: Request) -> Response:
     if problem := not_ready(request):
-        raise OIPError(503, f"not ready: {problem}")
+        raise ServiceUnavailable(f"not ready: {problem}")
     return Response(status_code=200)
 
 
@@ -91,7 +93,7 @@ async def metadata(name: ModelName, request: Request, version: str | None = None
 async def model_ready(name: ModelName, request: Request, version: str | None = None) -> Response:
     _graph(_registry(request), name, version)
     if problem := not_ready(request):
-        raise OIPError(503, f"model {name!r} is not ready: {problem}")
+        raise ServiceUnavailable(f"model {name!r} is not ready: {problem}")
     return Response(status_code=200)
 
 
@@ -111,20 +113,10 @@ async def infer(name: ModelName, request: Request, version: str | None = None) -
     parsed = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH), spec)
     first = next(iter(parsed.inputs))
     rows = parsed.inputs[first].shape[spec.batch_axes[first]]
-    samples = parsed.inputs["eps"].shape[0] if "eps" in parsed.inputs else 1  # K: each row costs K decoder rows
-    if rows > settings.max_request_rows:
-        raise bad_request(f"batch of {rows} rows is over this server's limit of {settings.max_request_rows}")
-    if samples * rows > settings.max_sample_rows:
-        raise bad_request(f"eps: {samples} samples × {rows} rows is over this server's limit of {settings.max_sample_rows}")
-    timeout_s = settings.request_timeout_ms / 1000 if parsed.timeout_s is None else parsed.timeout_s
-    if timeout_s > settings.max_request_timeout_ms / 1000:
-        raise bad_request(f"parameters.timeout of {timeout_s * 1e6:.0f} µs is over this server's cap of {settings.max_request_timeout_ms * 1000:.0f} µs")
-    work = runtime.batchers[graph].submit(parsed.inputs, weight=samples, deadline=time.perf_counter() + timeout_s)
-    try:
-        results = await run_or_abandon(request, work)
-    except QueueFull as exc:
-        raise OIPError(503, f"server busy: {exc}", {"Retry-After": "1"}) from None
-    except DeadlineExceeded:  # dropped from the queue at its deadline: it never reached ORT
-        raise OIPError(504, f"still queued after {timeout_s * 1e6:.0f} µs (parameters.timeout, default VAE_REQUEST_TIMEOUT_MS)") from None
+    samples = parsed.inputs["eps"].shape[0] if "eps" in parsed.inputs else 0  # K: each row costs K graph rows
+    rules.check_size(settings, rows, samples, rows_field="inputs")
+    deadline = rules.deadline(settings, parsed.timeout_s, ("body", "parameters", "timeout"))
+    work = runtime.batchers[graph].submit(parsed.inputs, weight=max(1, samples), deadline=deadline)
+    results = await run_or_abandon(request, work)
     body, headers = infer_response(name, runtime.manifest.version, parsed, results)
     return Response(body, headers=headers)

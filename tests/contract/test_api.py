@@ -30,7 +30,7 @@ def test_models_describe_the_shipped_models(client, models):
     for name in SHIPPED:
         m = models[name]
         assert m["status"] == "available" and m["provider"] == "CPUExecutionProvider"
-        assert m["input_shape"] == [28, 28] and m["likelihood"] in ("bernoulli", "gaussian")
+        assert m["image_shape"] == [28, 28, 1] and m["likelihood"] in ("bernoulli", "gaussian")
         assert m["metrics"]["test_nll"] > 0 or m["likelihood"] == "gaussian"
         assert "test_log_likelihood" in m["metrics"] and "active_units" in m["metrics"]
     assert models["fashion-mnist-2d"]["latent_dim"] == 2

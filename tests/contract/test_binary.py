@@ -59,7 +59,8 @@ def test_elbo_npy_returns_log_likelihood_and_npz_every_term(client):
     assert main.shape == (4,)
     np.testing.assert_array_equal(main, np.asarray(as_json["log_likelihood"], dtype=np.float32))
     assert set(archive.files) == {"elbo", "reconstruction", "kl", "log_likelihood", "gap"}
-    np.testing.assert_allclose(archive["gap"], archive["log_likelihood"] - archive["elbo"])
+    # gap comes from the score graph; the difference of two float32 scores of ~200 nats rounds at ~1e-5
+    np.testing.assert_allclose(archive["gap"], archive["log_likelihood"] - archive["elbo"], atol=1e-3)
 
 
 def test_sample_answers_npy_with_the_seed_in_a_header(client):

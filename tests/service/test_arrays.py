@@ -1,12 +1,12 @@
-"""NPY bodies and Accept negotiation, without HTTP."""
+"""Arrays in and out without HTTP: NPY bodies, Accept negotiation, image shapes and PNGs."""
 
 import io
 
 import numpy as np
 import pytest
-from fastapi import HTTPException
 
-from service.codec import JSON, NPY, NPZ, negotiate, npy_bytes, npz_bytes, read_npy
+from service.arrays import JSON, NPY, NPZ, negotiate, npy_bytes, npz_bytes, read_npy
+from service.errors import InvalidInput, NotAcceptable
 
 
 def saved(array: np.ndarray) -> bytes:
@@ -36,10 +36,10 @@ def test_npy_bytes_is_what_numpy_loads():
 
 
 def problem(body: bytes) -> str:
-    with pytest.raises(HTTPException) as caught:
+    with pytest.raises(InvalidInput) as caught:
         read_npy(body, "inputs")
-    assert caught.value.status_code == 422
-    return caught.value.detail[0]["msg"]
+    assert caught.value.status == 422 and caught.value.loc == ("body", "inputs")
+    return caught.value.message
 
 
 def test_bodies_that_are_not_honest_npy_are_refused_before_decoding():
@@ -68,6 +68,6 @@ def test_accept_picks_the_highest_ranked_offer(accept, chosen):
 
 
 def test_an_accept_we_cannot_answer_is_406():
-    with pytest.raises(HTTPException) as caught:
+    with pytest.raises(NotAcceptable) as caught:
         negotiate("text/html, image/png")
-    assert caught.value.status_code == 406 and "application/x-npy" in caught.value.detail
+    assert caught.value.status == 406 and "application/x-npy" in caught.value.message

@@ -325,7 +325,7 @@ def test_a_request_still_queued_at_its_deadline_is_dropped_before_ort():
             await batcher.submit(request(2, rows=2), deadline=time.perf_counter() + 0.03)
         waited = time.perf_counter() - started
         await first
-        assert batcher.queued_cost == 0 and not batcher.queue
+        assert batcher.queue.cost == 0 and not batcher.queue.jobs
         await batcher.close()
         return waited
 
@@ -357,11 +357,11 @@ def test_a_cancelled_request_leaves_the_queue_and_never_runs():
         await asyncio.sleep(0.01)
         abandoned = asyncio.create_task(batcher.submit(request(2, rows=2)))
         await asyncio.sleep(0.01)
-        assert batcher.queued_cost == 2
+        assert batcher.queue.cost == 2
         abandoned.cancel()  # what the route does when the client disconnects
         with pytest.raises(asyncio.CancelledError):
             await abandoned
-        assert batcher.queued_cost == 0
+        assert batcher.queue.cost == 0
         await first
         await asyncio.sleep(0.05)
         await batcher.close()

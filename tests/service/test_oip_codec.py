@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from service.manifest import GraphSpec
-from service.oip import GraphStats, OIPError, infer_response, parse_infer_request
+from service.errors import InvalidInput
+from service.metrics import GraphStats
+from service.oip_codec import infer_response, parse_infer_request
 
 SCORE = GraphSpec(path="score.onnx", sha256="0" * 64, bytes=1, inputs={"x": [-1, 4], "eps": [-1, -1, 2]},
                   outputs={"elbo": [-1], "kl": [-1]}, batch_axes={"x": 0, "eps": 1, "elbo": 0, "kl": 0})
@@ -33,7 +35,7 @@ def test_json_and_binary_inputs_mix_in_listed_order():
 def test_batch_sizes_must_agree_along_each_inputs_batch_axis():
     body, _ = request([{"name": "x", "shape": [3, 4], "datatype": "FP32", "data": [0.0] * 12},
                        {"name": "eps", "shape": [2, 5, 2], "datatype": "FP32", "data": [0.0] * 20}])
-    with pytest.raises(OIPError, match=r"disagree on the batch size: \[3, 5\]"):
+    with pytest.raises(InvalidInput, match=r"disagree on the batch size: \[3, 5\]"):
         parse_infer_request(body, None, SCORE)
 
 
@@ -61,10 +63,10 @@ def test_binary_data_output_makes_every_output_binary():
 def test_unknown_outputs_and_zero_sized_shapes_are_refused():
     good = [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4},
             {"name": "eps", "shape": [1, 1, 2], "datatype": "FP32", "data": [0.0] * 2}]
-    with pytest.raises(OIPError, match="unknown outputs \\['z'\\]"):
+    with pytest.raises(InvalidInput, match="unknown outputs \\['z'\\]"):
         parse_infer_request(request(good, outputs=[{"name": "z"}])[0], None, SCORE)
     zero = [good[0], {"name": "eps", "shape": [0, 1, 2], "datatype": "FP32", "data": []}]
-    with pytest.raises(OIPError, match="positive integers"):
+    with pytest.raises(InvalidInput, match="positive integers"):
         parse_infer_request(request(zero)[0], None, SCORE)
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from service.manifest import ManifestError, load_manifest, sha256_of
 from service.metrics import Metrics
-from service.runtime import CPU, Registry, requested_providers
+from service.registry import Registry
+from service.runtime import CPU, requested_providers
 from service.settings import Settings
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models"
@@ -20,8 +21,9 @@ SOURCE = "fashion-mnist-2d"  # the smallest shipped model
 
 @pytest.fixture
 def model_dir(tmp_path):
-    """A model dir with one good copy and three broken copies of a shipped model."""
-    for name in ("good", "bad-hash", "bad-weights", "bad-onnx", "no-manifest", "bad-inputs", "bad-shape", "bad-latent-dim"):
+    """A model dir with one good copy and nine broken copies of a shipped model."""
+    for name in ("good", "bad-hash", "bad-weights", "bad-onnx", "no-manifest", "bad-inputs", "bad-shape", "bad-latent-dim",
+                 "bad-image-shape", "old-manifest"):
         shutil.copytree(SHIPPED / SOURCE, tmp_path / name)
     with (tmp_path / "bad-hash" / "decoder.onnx").open("ab") as f:
         f.write(b"\0")  # one extra byte: the sha256 no longer matches
@@ -37,8 +39,14 @@ def model_dir(tmp_path):
     manifest["graphs"]["decoder"]["inputs"] = {"latent": [-1, 2]}
     (tmp_path / "bad-inputs" / "manifest.json").write_text(json.dumps(manifest))
     manifest = json.loads((tmp_path / "bad-shape" / "manifest.json").read_text())
-    manifest["graphs"]["encoder"]["inputs"]["x"] = [-1, 28, 28]  # the graph takes (B, 784)
+    manifest["graphs"]["decoder"]["outputs"]["image"] = [-1, 28, 28]  # the graph gives (B, 784)
     (tmp_path / "bad-shape" / "manifest.json").write_text(json.dumps(manifest))
+    manifest = json.loads((tmp_path / "bad-image-shape" / "manifest.json").read_text())
+    manifest["image_shape"] = [32, 32, 3]  # the encoder takes 784 values
+    (tmp_path / "bad-image-shape" / "manifest.json").write_text(json.dumps(manifest))
+    manifest = json.loads((tmp_path / "old-manifest" / "manifest.json").read_text())
+    manifest["manifest_version"] = 1
+    (tmp_path / "old-manifest" / "manifest.json").write_text(json.dumps(manifest))
     manifest = json.loads((tmp_path / "bad-latent-dim" / "manifest.json").read_text())
     manifest["latent_dim"] = 16  # the graphs are 2-D
     (tmp_path / "bad-latent-dim" / "manifest.json").write_text(json.dumps(manifest))
@@ -47,18 +55,22 @@ def model_dir(tmp_path):
 
 def test_broken_models_are_refused_and_the_rest_served(model_dir, caplog):
     registry = Registry(Settings(model_dir=model_dir, default_model="good"), Metrics())
-    with caplog.at_level(logging.ERROR, logger="service.runtime"):
+    with caplog.at_level(logging.ERROR, logger="service.registry"):
         registry.load_all()
     assert sorted(registry.models) == ["good"]
-    assert set(registry.refused) == {"bad-hash", "bad-weights", "bad-onnx", "no-manifest", "bad-inputs", "bad-shape", "bad-latent-dim"}
+    assert set(registry.refused) == {"bad-hash", "bad-weights", "bad-onnx", "no-manifest", "bad-inputs", "bad-shape",
+                                     "bad-latent-dim", "bad-image-shape", "old-manifest"}
     assert "sha256" in registry.refused["bad-hash"] and "decoder.onnx" in registry.refused["bad-hash"]
     assert "sha256" in registry.refused["bad-weights"] and "weights.bin" in registry.refused["bad-weights"]
     assert "invalid JSON" in registry.refused["no-manifest"]
     assert "do not match the manifest" in registry.refused["bad-inputs"]
-    assert "x has shape [-1, 784], the manifest says [-1, 28, 28]" in registry.refused["bad-shape"]
+    assert "image has shape [-1, 784], the manifest says [-1, 28, 28]" in registry.refused["bad-shape"]
+    assert "not the 3072 values of image_shape [32, 32, 3]" in registry.refused["bad-image-shape"]
+    assert "manifest_version 1 is not one this service reads" in registry.refused["old-manifest"]
+    assert "python -m training export" in registry.refused["old-manifest"]
     assert "latent_dim 16 disagrees" in registry.refused["bad-latent-dim"]
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
-    assert len(refusals) == 7 and all("\n" not in line for line in refusals)
+    assert len(refusals) == len(registry.refused) and all("\n" not in line for line in refusals)
     assert registry.models["good"].provider == CPU
 
 
@@ -85,18 +97,22 @@ def test_runtime_runs_the_graphs_through_the_batchers(model_dir):
 
     async def main():
         x = (np.random.default_rng(0).random((5, 784)) < 0.3).astype(np.float32)
-        encoded = await model.encode(x)
-        eps = np.zeros((1, 5, 2), np.float32)
-        z = await model.reparameterize(encoded["mean"], encoded["log_var"], eps)
-        scores = await model.score(x, eps)
+        alone = await model.encode(x, np.zeros((0, 5, 2), np.float32))
+        eps = np.zeros((3, 5, 2), np.float32)
+        encoded = await model.encode(x, eps)  # the encoder, then the reparameterize graph
+        scores = await model.score(x, eps[:1])
         image = (await model.decode(encoded["mean"]))["image"]
         await registry.close()
-        return encoded, z, scores, image
+        return alone, encoded, scores, image
 
-    encoded, z, scores, image = asyncio.run(main())
-    np.testing.assert_array_equal(z[0], encoded["mean"])  # ε = 0: z = μ
+    alone, encoded, scores, image = asyncio.run(main())
+    assert set(alone) == {"mean", "log_var"}
+    np.testing.assert_array_equal(alone["mean"], encoded["mean"])
+    assert encoded["z"].shape == (5, 3, 2)  # (B, K, Z)
+    np.testing.assert_array_equal(encoded["z"][:, 1], encoded["mean"])  # ε = 0: z = μ
     assert image.shape == (5, 784) and scores["elbo"].shape == (5,)
-    np.testing.assert_array_equal(scores["log_likelihood"], scores["elbo"])
+    np.testing.assert_array_equal(scores["log_likelihood"], scores["elbo"])  # K = 1: IWAE is the ELBO
+    np.testing.assert_array_equal(scores["gap"], np.zeros(5, np.float32))
 
 
 def test_manifest_errors_name_the_file(tmp_path):
