@@ -15,15 +15,7 @@ from ray import serve
 
 from .app import create_app
 
-# Defaults for ``serve run service.ray_app:build_app``; a Serve config file overrides any of them.
-DEPLOYMENT: dict[str, Any] = {
-    "name": "vae-serve",
-    "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 64},
-    "max_ongoing_requests": 512,  # the batcher wants many requests in flight per replica
-    "ray_actor_options": {"num_cpus": 1, "num_gpus": 0},
-    "graceful_shutdown_timeout_s": 30,
-    "health_check_period_s": 10,
-}
+NAME = "vae-serve"  # the deployment's name, which deploy/ray/serve.yaml configures
 
 
 class VAEServe:
@@ -33,9 +25,8 @@ class VAEServe:
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     """Ray Serve's application builder (``import_path: service.ray_app:build_app``).
 
-    ``args`` override DEPLOYMENT's options, e.g. ``{"num_replicas": 2}`` instead of autoscaling.
+    The deployment's options (replicas, autoscaling, resources) come from the Serve config file,
+    or Ray's defaults under ``serve run service.ray_app:build_app``; ``args`` may set any of them,
+    e.g. ``{"num_replicas": 2}``.
     """
-    options = {**DEPLOYMENT, **(args or {})}
-    if "num_replicas" in options:
-        options.pop("autoscaling_config", None)
-    return serve.deployment(**options)(serve.ingress(create_app)(VAEServe)).bind()
+    return serve.deployment(name=NAME, **(args or {}))(serve.ingress(create_app)(VAEServe)).bind()

@@ -1,6 +1,5 @@
 """Ray Serve: a local Ray, the app deployed with two replicas, the REST and OIP routes through Ray's proxy."""
 
-import socket
 import time
 from pathlib import Path
 
@@ -13,15 +12,12 @@ import ray
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
+from benchmarks.live import free_port
 from service.ray_app import build_app
 
+pytestmark = pytest.mark.ray
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_serve_config_file_is_valid_and_builds_the_app():
@@ -30,7 +26,9 @@ def test_the_serve_config_file_is_valid_and_builds_the_app():
     assert application.import_path == "service.ray_app:build_app" and application.route_prefix == "/"
     (deployment,) = application.deployments
     assert deployment.name == "vae-serve" and deployment.autoscaling_config["target_ongoing_requests"] > 0
-    assert build_app() is not None  # the import path resolves to a builder that binds the deployment
+    assert build_app()._bound_deployment.name == deployment.name  # the config's options reach this deployment
+    assert build_app({"num_replicas": 3})._bound_deployment.num_replicas == 3  # builder args are deployment options
+    assert "env_vars" not in (application.runtime_env or {})  # settings come from service/settings.py unless set
 
 
 @pytest.fixture(scope="module")
