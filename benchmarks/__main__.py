@@ -18,7 +18,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from .load import ROOT, Peer, Server, python_command, wrk
+from .live import ROOT
+from .load import Peer, Server, python_command, wrk
 from .report import write_report
 from .scenarios import NPY, inprocess_rows_per_second, scenarios
 

@@ -8,17 +8,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .live import LiveServer
+
 LUA = Path(__file__).with_name("wrk.lua")
 log = logging.getLogger(__name__)
 
@@ -33,49 +31,21 @@ class Peer:
     only: tuple[str, ...] = ()  # scenario names it serves (empty: all)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def is_ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-class Server:
+class Server(LiveServer):
     """A peer's process (and its children, in their own session) on a free port."""
 
     def __init__(self, peer: Peer, log_dir: Path):
-        self.peer, self.port = peer, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"{peer.name.replace(' ', '_')}.log"
-        self.process: subprocess.Popen | None = None
+        super().__init__(peer.command, log_dir / f"{peer.name.replace(' ', '_')}.log", peer.env, peer.ready_path)
+        self.peer = peer
         self.idle_share = 0.0  # CPU share the peer burns with no load (LitServe's workers poll)
 
     def start(self, timeout_s: float = 120.0) -> float:
-        """Start and wait until ready; returns seconds from spawn to the first 200 from the ready path."""
-        command = [part.format(port=self.port) for part in self.peer.command]
-        env = {**os.environ, "VAE_PORT": str(self.port), "VAE_HOST": "127.0.0.1", **self.peer.env}
-        started = time.perf_counter()
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log_path.open("w"),
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-        while time.perf_counter() - started < timeout_s:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.peer.name} exited with {self.process.returncode}: see {self.log_path}")
-            if is_ready(self.url + self.peer.ready_path):
-                ready_after = time.perf_counter() - started
-                before = self.cpu_seconds()
-                time.sleep(1.0)
-                self.idle_share = self.cpu_seconds() - before
-                return ready_after
-            time.sleep(0.01)
-        self.stop()
-        raise RuntimeError(f"{self.peer.name} not ready in {timeout_s:.0f} s: see {self.log_path}")
+        """Start, wait until ready, then measure the CPU share the peer burns idle."""
+        ready_after = super().start(timeout_s)
+        before = self.cpu_seconds()
+        time.sleep(1.0)
+        self.idle_share = self.cpu_seconds() - before
+        return ready_after
 
     def rss_mb(self) -> float:
         """Resident memory of the server process and its children, from /proc."""
@@ -110,30 +80,6 @@ class Server:
             if self.cpu_seconds() - before < (self.idle_share + busy_share) * window_s:
                 break
         return time.perf_counter() - started
-
-    def stop(self) -> None:
-        """SIGTERM to the whole process group, SIGKILL to whatever is left (LitServe's workers)."""
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 def _children(pid: int) -> list[str]:

@@ -9,14 +9,23 @@ apt_install() {
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"
 }
-# From Debian: Fashion-MNIST's IDX files (training tests), wrk (the benchmark harness's test) and
-# chromium (the playground's browser tests drive it through Playwright; no browser download).
+# From Debian: Fashion-MNIST's IDX files (training tests), wrk (the benchmark harness's test),
+# chromium (the browser tests drive it through Playwright; no browser download) and kubectl
+# (the Kubernetes tests render the kustomize overlays with `kubectl kustomize`).
 missing=()
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
 command -v wrk >/dev/null || missing+=(wrk)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q -e '.[train,dev,bench,deploy]'
-exec .venv/bin/python -m pytest "$@"
+# Lint and format first: a violation fails the run before any test.
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+# pytest's 5 is "no tests collected": a marker expression that selects nothing is not a failure.
+[ "$status" -eq 5 ] && exit 0
+exit "$status"

@@ -199,7 +199,8 @@ def read_npy(body: bytes, field: str) -> np.ndarray:
     if len(data) != expected:
         raise bad(f"shape {list(shape)} of {descr} needs {expected} bytes of data, the body has {len(data)}")
     array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-    return array.astype(np.float32)  # a copy: owned, writeable, C-ordered
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, which check_values names
+        return array.astype(np.float32)  # a copy: owned, writeable, C-ordered
 
 
 # ---- images and latents --------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvi
     """JSON header and binary tail, by ``Inference-Header-Content-Length`` (no header: all JSON)."""
     if header_length is None:
         return body, memoryview(b"")
-    if not header_length.strip().isdigit():
+    if not (header_length.strip().isascii() and header_length.strip().isdigit()):  # "²" is a digit to isdigit()
         raise bad_request(f"Inference-Header-Content-Length must be a non-negative integer, got {header_length!r}")
     length = int(header_length)
     if length > len(body):

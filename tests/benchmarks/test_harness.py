@@ -9,9 +9,12 @@ import urllib.request
 import numpy as np
 import pytest
 
-from benchmarks.load import ROOT, Peer, Server, python_command, wrk
+from benchmarks.live import ROOT
+from benchmarks.load import Peer, Server, python_command, wrk
 from benchmarks.report import markdown, targets
 from benchmarks.scenarios import NPY, scenarios
+
+pytestmark = pytest.mark.slow
 
 
 def post(url: str, body: bytes, content_type: str, accept: str = "application/json") -> bytes:

@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
+pytestmark = pytest.mark.browser
+
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("VAE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 CHROMIUM = "/usr/bin/chromium"  # Debian's package: Playwright never downloads a browser here
@@ -154,9 +156,9 @@ def test_uploading_an_image_encodes_and_scores_it(page, tmp_path):
 
 
 def test_with_api_keys_the_page_asks_for_one_and_then_works(browser, tmp_path):
-    from .conftest import start_server, stop_server
+    from .conftest import start_server
 
-    process, url = start_server(ROOT / "models", tmp_path / "server.log", VAE_API_KEYS="playground-key")
+    server, url = start_server(ROOT / "models", tmp_path / "server.log", api_keys="playground-key")
     try:
         context = browser.new_context()
         page = context.new_page()
@@ -169,4 +171,4 @@ def test_with_api_keys_the_page_asks_for_one_and_then_works(browser, tmp_path):
         expect(page.locator("#sample-grid img")).to_have_count(16, timeout=15_000)
         context.close()
     finally:
-        stop_server(process)
+        server.stop()

@@ -1,7 +1,7 @@
 """Overload, deadlines, disconnects, SIGTERM drain, auth, CORS, request ids, broken models, a soak.
 
 Each test starts its own server with the settings it needs (127.0.0.1, bounded counts and time).
-The score graph gets ``VAE_MAX_CONCURRENT_RUNS=1``, so one heavy /elbo holds its only run slot
+The score graph gets ``max_concurrent_runs=1``, so one heavy /elbo holds its only run slot
 while other requests queue behind it.
 """
 
@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from .conftest import ROOT, start_server, stop_server
+from .conftest import ROOT, start_server
 
 HEAVY = {"inputs": (np.eye(40, 784) > 0).astype(float).tolist(), "samples": 500, "seed": 0}  # 20,000 decoder rows: ~1.5 s
 
@@ -49,10 +49,10 @@ def rss_mb(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def busy_server(tmp_path_factory):
-    process, url = start_server(ROOT / "models", tmp_path_factory.mktemp("busy") / "server.log",
-                                VAE_MAX_CONCURRENT_RUNS=1, VAE_MAX_QUEUE_ROWS=40000, VAE_MAX_SAMPLE_ROWS=40000)
+    server, url = start_server(ROOT / "models", tmp_path_factory.mktemp("busy") / "server.log",
+                                max_concurrent_runs=1, max_queue_rows=40000, max_sample_rows=40000)
     yield url
-    stop_server(process)
+    server.stop()
 
 
 async def behind_a_heavy_request(url: str, make_requests):
@@ -107,7 +107,7 @@ def test_clients_that_disconnect_have_their_queued_work_cancelled(busy_server):
 
 
 def test_a_burst_far_over_capacity_gets_only_200s_and_503s(tmp_path):
-    process, url = start_server(ROOT / "models", tmp_path / "server.log", VAE_MAX_CONCURRENT_RUNS=1, VAE_MAX_QUEUE_ROWS=2048)
+    server, url = start_server(ROOT / "models", tmp_path / "server.log", max_concurrent_runs=1, max_queue_rows=2048)
     try:
         x = images(2, seed=9)
         reference = httpx.post(f"{url}/elbo", json={"inputs": x, "samples": 64, "seed": 5}, timeout=60).json()["log_likelihood"]
@@ -124,14 +124,14 @@ def test_a_burst_far_over_capacity_gets_only_200s_and_503s(tmp_path):
         for r in responses:
             if r.status_code == 200:  # every answer is the right one (to float32 rounding across batch sizes)
                 np.testing.assert_allclose(r.json()["log_likelihood"], reference, rtol=1e-5)
-        assert httpx.get(f"{url}/health/live").status_code == 200 and process.poll() is None
+        assert httpx.get(f"{url}/health/live").status_code == 200 and server.process.poll() is None
     finally:
-        stop_server(process)
+        server.stop()
 
 
 def test_sigterm_drains_hundreds_of_accepted_requests_then_exits_0(tmp_path):
-    process, url = start_server(ROOT / "models", tmp_path / "server.log", VAE_MAX_CONCURRENT_RUNS=1,
-                                VAE_MAX_QUEUE_ROWS=100000, VAE_SHUTDOWN_GRACE_S=60)
+    server, url = start_server(ROOT / "models", tmp_path / "server.log", max_concurrent_runs=1,
+                                max_queue_rows=100000, shutdown_grace_s=60)
     body = {"inputs": images(2, seed=1), "samples": 50, "seed": 2}  # 300 × 100 decoder rows: a few seconds of work
 
     async def scenario():
@@ -140,7 +140,7 @@ def test_sigterm_drains_hundreds_of_accepted_requests_then_exits_0(tmp_path):
             calls = [asyncio.create_task(client.post("/elbo", json=body)) for _ in range(300)]
             while metric(url, "vae_requests_in_flight ") < 300:  # all 300 accepted and waiting
                 await asyncio.sleep(0.02)
-            process.send_signal(signal.SIGTERM)
+            server.process.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.2)
             async with httpx.AsyncClient(base_url=url, timeout=10) as newcomer:  # a new connection, during the drain
                 ready, late = await newcomer.get("/health/ready"), await newcomer.post("/sample", json={"n": 1})
@@ -150,16 +150,16 @@ def test_sigterm_drains_hundreds_of_accepted_requests_then_exits_0(tmp_path):
         responses, ready, late = asyncio.run(scenario())
         assert [r.status_code for r in responses] == [200] * 300
         assert ready.status_code == 503 and late.status_code == 503 and late.headers["retry-after"] == "1"
-        assert process.wait(timeout=60) == 0
+        assert server.process.wait(timeout=60) == 0
     finally:
-        stop_server(process)
+        server.stop()
     log = (tmp_path / "server.log").read_text()
     assert "SIGTERM: draining" in log and "drained (0 requests left in flight)" in log
 
 
 def test_api_keys_guard_inference_while_health_and_metrics_stay_open(tmp_path):
-    process, url = start_server(ROOT / "models", tmp_path / "server.log", VAE_API_KEYS="first-key,second-key",
-                                VAE_CORS_ORIGINS="http://playground.test")
+    server, url = start_server(ROOT / "models", tmp_path / "server.log", api_keys="first-key,second-key",
+                                cors_origins="http://playground.test")
     try:
         assert httpx.post(f"{url}/sample", json={"n": 1}).status_code == 401
         assert httpx.post(f"{url}/sample", json={"n": 1}, headers={"X-API-Key": "second-kex"}).status_code == 401
@@ -179,12 +179,12 @@ def test_api_keys_guard_inference_while_health_and_metrics_stay_open(tmp_path):
         exposed = httpx.post(f"{url}/sample", json={"n": 1}, headers={"Origin": "http://playground.test", "X-API-Key": "first-key"})
         assert "x-seed" in exposed.headers["access-control-expose-headers"].lower()
     finally:
-        stop_server(process)
+        server.stop()
 
 
 def test_request_ids_are_echoed_and_in_every_json_log_line(tmp_path):
     log_path = tmp_path / "server.log"
-    process, url = start_server(ROOT / "models", log_path, VAE_ACCESS_LOG="true")
+    server, url = start_server(ROOT / "models", log_path, access_log="true")
     try:
         echoed = httpx.post(f"{url}/sample", json={"n": 1}, headers={"X-Request-ID": "trace-42"})
         hostile = "spaces {and} braces " + "x" * 200  # not an id: replaced, never echoed into headers or logs
@@ -192,7 +192,7 @@ def test_request_ids_are_echoed_and_in_every_json_log_line(tmp_path):
         assert echoed.headers["x-request-id"] == "trace-42"
         assert len(made.headers["x-request-id"]) == 32 and hostile not in (tmp_path / "server.log").read_text()
     finally:
-        stop_server(process)
+        server.stop()
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]  # every line is JSON
     access = [e for e in lines if e["logger"] == "service.access" and e.get("request_id") == "trace-42"]
     assert access and access[0]["path"] == "/sample" and access[0]["status"] == 200 and access[0]["duration_ms"] > 0
@@ -210,7 +210,7 @@ def test_broken_models_are_refused_at_load_and_the_others_served(tmp_path):
     manifest = json.loads((models / "wrong-latent-dim" / "manifest.json").read_text())
     manifest["latent_dim"] = 8
     (models / "wrong-latent-dim" / "manifest.json").write_text(json.dumps(manifest))
-    process, url = start_server(models, tmp_path / "server.log", VAE_DEFAULT_MODEL="fashion-mnist-2d")
+    server, url = start_server(models, tmp_path / "server.log", default_model="fashion-mnist-2d")
     try:
         listing = {m["name"]: m for m in httpx.get(f"{url}/models").json()["models"]}
         assert listing["fashion-mnist-2d"]["status"] == "available"
@@ -220,7 +220,7 @@ def test_broken_models_are_refused_at_load_and_the_others_served(tmp_path):
             assert refused.status_code == 503 and name in refused.json()["detail"]
         assert httpx.post(f"{url}/sample", json={"n": 2}).status_code == 200
     finally:
-        stop_server(process)
+        server.stop()
     refusals = [line for line in (tmp_path / "server.log").read_text().splitlines() if "refused" in line]
     assert len(refusals) == 3  # one line per broken model
 
@@ -229,7 +229,7 @@ SOAK_SECONDS = float(os.environ.get("VAE_SOAK_SECONDS", 60))
 
 
 def test_a_mixed_soak_does_not_grow_memory(tmp_path):
-    process, url = start_server(ROOT / "models", tmp_path / "server.log")
+    server, url = start_server(ROOT / "models", tmp_path / "server.log")
     z = np.random.default_rng(0).standard_normal((16, 32)).tolist()
     requests = [("/sample", {"n": 8}), ("/decode", {"latents": z}), ("/encode", {"inputs": images(8), "samples": 2}),
                 ("/elbo", {"inputs": images(8), "samples": 16}), ("/sample", {"model": "fashion-mnist-2d", "n": 4, "format": "png"})]
@@ -252,10 +252,10 @@ def test_a_mixed_soak_does_not_grow_memory(tmp_path):
 
     try:
         warm = asyncio.run(traffic(min(10, SOAK_SECONDS / 4)))  # arenas and caches reach their working size
-        settled = rss_mb(process.pid)
+        settled = rss_mb(server.process.pid)
         codes = asyncio.run(traffic(SOAK_SECONDS))
-        final = rss_mb(process.pid)
+        final = rss_mb(server.process.pid)
     finally:
-        stop_server(process)
+        server.stop()
     assert set(warm + codes) == {200} and len(codes) > 100 * math.ceil(SOAK_SECONDS / 60)
     assert final - settled < max(15.0, 0.05 * settled), f"RSS {settled:.0f} MB -> {final:.0f} MB over {len(codes)} requests"

@@ -12,6 +12,8 @@ import torch
 from training.distributed import World, shard
 from tests.training.conftest import TINY
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 SETS = [arg for item in [*TINY, "train.max_steps=5", "train.batch_size=60"] for arg in ("--set", item)]
 STEP = re.compile(r"(?:\[rank (\d)\] )?DEBUG training\.train: step (\d+) parameters ([0-9a-f]{16})")

@@ -20,7 +20,8 @@ def test_report_writes_figures_and_a_map_geometry_that_inverts(tmp_path, latent_
     assert ("manifold.png" in written) == (latent_dim == 2)
 
     geometry = json.loads((tmp_path / "report" / "latent_map.json").read_text())
-    width, height = Image.open(tmp_path / "report" / "latent_map.png").size
+    with Image.open(tmp_path / "report" / "latent_map.png") as image:
+        width, height = image.size
     assert (geometry["width"], geometry["height"]) == (width, height)
     left, top, right, bottom = geometry["axes_px"]
     assert 0 <= left < right <= width and 0 <= top < bottom <= height
@@ -28,4 +29,5 @@ def test_report_writes_figures_and_a_map_geometry_that_inverts(tmp_path, latent_
     assert components.shape == (2, latent_dim) and center.shape == (latent_dim,)
     np.testing.assert_allclose(components @ components.T, np.eye(2), atol=1e-5)  # orthonormal: z -> map -> z on the plane
     if latent_dim == 2:
-        np.testing.assert_allclose(components, np.eye(2)) and np.testing.assert_allclose(center, 0)
+        np.testing.assert_allclose(components, np.eye(2))
+        np.testing.assert_allclose(center, 0)
