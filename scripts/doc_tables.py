@@ -1,7 +1,7 @@
-"""Regenerate the README's tables from the code and the shipped manifests.
+"""Regenerate the docs' tables from the code and the shipped manifests.
 
-    python scripts/readme_tables.py          # rewrite README.md
-    python scripts/readme_tables.py --check  # exit 1 if README.md is out of date (the tests call this)
+    python scripts/doc_tables.py          # rewrite docs/training.md (models) and docs/configuration.md (settings)
+    python scripts/doc_tables.py --check  # exit 1 if either is out of date (the tests call this)
 """
 
 from __future__ import annotations
@@ -40,28 +40,32 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
-def render(text: str) -> str:
-    for marker, table in (("models", models_table()), ("settings", settings_table())):
-        pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
-        if not pattern.search(text):
-            raise SystemExit(f"README.md has no <!-- {marker}:start/end --> markers")
-        text = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
-    return text
+TABLES = {"models": ROOT / "docs" / "training.md", "settings": ROOT / "docs" / "configuration.md"}
+
+
+def render(marker: str, text: str) -> str:
+    table = {"models": models_table, "settings": settings_table}[marker]()
+    pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"no <!-- {marker}:start/end --> markers")
+    return pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    readme = ROOT / "README.md"
-    current = readme.read_text()
-    wanted = render(current)
-    if args.check:
+    stale = []
+    for marker, path in TABLES.items():
+        current = path.read_text()
+        wanted = render(marker, current)
         if wanted != current:
-            print("README.md is out of date: run python scripts/readme_tables.py", file=sys.stderr)
-            return 1
-        return 0
-    readme.write_text(wanted)
+            stale.append(path)
+            if not args.check:
+                path.write_text(wanted)
+    if args.check and stale:
+        print(f"out of date: {', '.join(str(p.relative_to(ROOT)) for p in stale)}; run python scripts/doc_tables.py", file=sys.stderr)
+        return 1
     return 0
 
 

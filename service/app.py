@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from . import __version__
 from .errors import ClientGone, ServiceError, client_gone, service_error, validation_error
@@ -55,7 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.wait([warm_up], timeout=30)
             await registry.close()
 
-    app = FastAPI(title="vae-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc with their scripts and styles served from the app, not a CDN
+    app = FastAPIOffline(title="vae-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                         static_url="/docs/assets")
     app.state.metrics = metrics
     app.state.settings = settings
     app.state.lifecycle = lifecycle = Lifecycle()
