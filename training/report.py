@@ -23,7 +23,7 @@ def _grid(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
     canvas = np.ones((rows * 29 - 1, cols * 29 - 1), dtype=np.float32)
     for i, image in enumerate(images[: rows * cols]):
         r, c = divmod(i, cols)
-        canvas[r * 29: r * 29 + 28, c * 29: c * 29 + 28] = image.reshape(28, 28)
+        canvas[r * 29 : r * 29 + 28, c * 29 : c * 29 + 28] = image.reshape(28, 28)
     return canvas
 
 
@@ -42,10 +42,19 @@ def _write_map_geometry(fig, ax, center: np.ndarray, components: np.ndarray, pat
     width, height = fig.canvas.get_width_height()
     box = ax.get_position()  # figure fractions, origin bottom-left
     geometry = {
-        "image": "latent_map.png", "width": width, "height": height,
-        "axes_px": [round(box.x0 * width, 2), round((1 - box.y1) * height, 2), round(box.x1 * width, 2), round((1 - box.y0) * height, 2)],
-        "xlim": [float(v) for v in ax.get_xlim()], "ylim": [float(v) for v in ax.get_ylim()],
-        "center": [float(v) for v in center], "components": [[float(v) for v in row] for row in components],
+        "image": "latent_map.png",
+        "width": width,
+        "height": height,
+        "axes_px": [
+            round(box.x0 * width, 2),
+            round((1 - box.y1) * height, 2),
+            round(box.x1 * width, 2),
+            round((1 - box.y0) * height, 2),
+        ],
+        "xlim": [float(v) for v in ax.get_xlim()],
+        "ylim": [float(v) for v in ax.get_ylim()],
+        "center": [float(v) for v in center],
+        "components": [[float(v) for v in row] for row in components],
     }
     path.write_text(json.dumps(geometry, indent=1))
     return path
@@ -53,6 +62,7 @@ def _write_map_geometry(fig, ax, center: np.ndarray, components: np.ndarray, pat
 
 @torch.no_grad()
 def write_report(run_dir: Path, out_dir: Path, seed: int = 0) -> list[Path]:
+    """Every figure of the best checkpoint into ``out_dir``; returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,48 +71,78 @@ def write_report(run_dir: Path, out_dir: Path, seed: int = 0) -> list[Path]:
     cfg, model, _ = load_checkpoint(run_dir / "best.pt")
     splits = load_data(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    z_dim = cfg.model.latent_dim
-    generator = torch.Generator().manual_seed(seed)
-    written: list[Path] = []
-
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    if history:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
-        epochs = [h["epoch"] for h in history]
-        axes[0].plot(epochs, [-h["train_loss"] for h in history], label="train −loss (β-weighted)")
-        axes[0].plot(epochs, [h["val_elbo"] for h in history], label="validation ELBO")
-        axes[0].set_xlabel("epoch"), axes[0].set_ylabel("nats"), axes[0].legend(fontsize=8)
-        axes[1].plot(epochs, [h["val_kl"] for h in history], label="validation KL")
-        axes[1].plot(epochs, [-h["val_reconstruction"] for h in history], label="validation −E[log p(x|z)]")
-        axes[1].set_xlabel("epoch"), axes[1].set_yscale("log"), axes[1].legend(fontsize=8)
-        fig.suptitle(f"{cfg.name}: training curves", fontsize=10)
-        fig.tight_layout()
-        written.append(out_dir / "curves.png")
-        fig.savefig(written[-1])
-        plt.close(fig)
-
     test = prepare_eval_images(cfg, splits.test)
-    x = test[:32]
+    generator = torch.Generator().manual_seed(seed)
+    written = [
+        *_curves(plt, cfg.name, run_dir / "metrics.jsonl", out_dir),
+        _reconstructions(plt, model, test[:32], out_dir),
+        _samples(plt, model, generator, out_dir),
+        _traversal(plt, model, out_dir),
+        *_latent_map(plt, cfg, model, test, splits.test_labels.numpy(), out_dir),
+    ]
+    if cfg.model.latent_dim == 2:
+        written.append(_manifold(plt, model, out_dir))
+    log.info("report: %s", ", ".join(p.name for p in written))
+    return written
+
+
+def _curves(plt, name: str, metrics: Path, out_dir: Path) -> list[Path]:
+    """Training loss, validation ELBO and its two terms per epoch (none before the first epoch)."""
+    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if not history:
+        return []
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
+    epochs = [h["epoch"] for h in history]
+    axes[0].plot(epochs, [-h["train_loss"] for h in history], label="train −loss (β-weighted)")
+    axes[0].plot(epochs, [h["val_elbo"] for h in history], label="validation ELBO")
+    axes[0].set_xlabel("epoch"), axes[0].set_ylabel("nats"), axes[0].legend(fontsize=8)
+    axes[1].plot(epochs, [h["val_kl"] for h in history], label="validation KL")
+    axes[1].plot(epochs, [-h["val_reconstruction"] for h in history], label="validation −E[log p(x|z)]")
+    axes[1].set_xlabel("epoch"), axes[1].set_yscale("log"), axes[1].legend(fontsize=8)
+    fig.suptitle(f"{name}: training curves", fontsize=10)
+    fig.tight_layout()
+    path = out_dir / "curves.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return [path]
+
+
+def _reconstructions(plt, model, x: torch.Tensor, out_dir: Path) -> Path:
+    """32 test images (B, D) beside their reconstructions from the posterior mean."""
     mean, _ = model.encoder(x)
     recon = model.mean_image(mean).numpy()
     paired = np.concatenate([x.numpy()[:16], recon[:16], x.numpy()[16:32], recon[16:32]])
-    written.append(out_dir / "reconstructions.png")
-    _save_image(plt, _grid(paired, 4, 16), written[-1], "test images (rows 1, 3) and reconstructions from E_q[z] (rows 2, 4)")
+    path = out_dir / "reconstructions.png"
+    _save_image(plt, _grid(paired, 4, 16), path, "test images (rows 1, 3) and reconstructions from E_q[z] (rows 2, 4)")
+    return path
 
-    z = torch.randn((64, z_dim), generator=generator)
-    written.append(out_dir / "samples.png")
-    _save_image(plt, _grid(model.mean_image(z).numpy(), 8, 8), written[-1], "E[x|z], z ~ N(0, I)")
 
+def _samples(plt, model, generator: torch.Generator, out_dir: Path) -> Path:
+    z = torch.randn((64, model.cfg.latent_dim), generator=generator)  # (64, Z)
+    path = out_dir / "samples.png"
+    _save_image(plt, _grid(model.mean_image(z).numpy(), 8, 8), path, "E[x|z], z ~ N(0, I)")
+    return path
+
+
+def _traversal(plt, model, out_dir: Path) -> Path:
+    """Each of the first 10 latent dimensions from −3 to 3, the others 0."""
+    z_dim = model.cfg.latent_dim
     dims = min(z_dim, 10)
     steps = torch.linspace(-3, 3, 11)
-    z = torch.zeros((dims, len(steps), z_dim))
+    z = torch.zeros((dims, len(steps), z_dim))  # (dims, steps, Z)
     for d in range(dims):
         z[d, :, d] = steps
-    written.append(out_dir / "traversal.png")
-    _save_image(plt, _grid(model.mean_image(z.reshape(-1, z_dim)).numpy(), dims, len(steps)), written[-1],
-                f"latent traversal: dimension d (row) from −3 to 3, others 0 (first {dims})")
+    path = out_dir / "traversal.png"
+    title = f"latent traversal: dimension d (row) from −3 to 3, others 0 (first {dims})"
+    _save_image(plt, _grid(model.mean_image(z.reshape(-1, z_dim)).numpy(), dims, len(steps)), path, title)
+    return path
 
-    means = torch.cat([model.encoder(test[i:i + 2000])[0] for i in range(0, len(test), 2000)]).numpy()
+
+def _latent_map(plt, cfg, model, test: torch.Tensor, labels: np.ndarray, out_dir: Path) -> list[Path]:
+    """The test set's posterior means by class, on z (2-D) or its two principal directions, and
+    the geometry that turns a click on the picture back into z."""
+    z_dim = cfg.model.latent_dim
+    means = torch.cat([model.encoder(test[i : i + 2000])[0] for i in range(0, len(test), 2000)]).numpy()  # (N, Z)
     if z_dim > 2:
         center = means.mean(0)
         _, _, vt = np.linalg.svd(means - center, full_matrices=False)
@@ -111,25 +151,27 @@ def write_report(run_dir: Path, out_dir: Path, seed: int = 0) -> list[Path]:
         center, components, axis_label = np.zeros(2, np.float32), np.eye(2, dtype=np.float32), "z"
     points = (means - center) @ components.T  # (N, 2)
     fig, ax = plt.subplots(figsize=(6.2, 5), dpi=100)
-    labels = splits.test_labels.numpy()
     for c in range(10):
         sel = labels == c
-        ax.scatter(points[sel, 0], points[sel, 1], s=2, alpha=0.6, label=FASHION_CLASSES[c] if cfg.data.dataset == "fashion-mnist" else str(c))
+        name = FASHION_CLASSES[c] if cfg.data.dataset == "fashion-mnist" else str(c)
+        ax.scatter(points[sel, 0], points[sel, 1], s=2, alpha=0.6, label=name)
     ax.set_xlabel(f"{axis_label} 1"), ax.set_ylabel(f"{axis_label} 2")
     ax.legend(markerscale=5, fontsize=7, loc="best")
     ax.set_title("test latent means E_q[z] by class", fontsize=10)
     fig.tight_layout()
-    written.append(out_dir / "latent_map.png")
-    fig.savefig(written[-1])
-    written.append(_write_map_geometry(fig, ax, center, components, out_dir / "latent_map.json"))
+    path = out_dir / "latent_map.png"
+    fig.savefig(path)
+    geometry = _write_map_geometry(fig, ax, center, components, out_dir / "latent_map.json")
     plt.close(fig)
+    return [path, geometry]
 
-    if z_dim == 2:
-        n = 20
-        quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.025, 0.975, n))
-        grid = torch.stack(torch.meshgrid(quantiles, quantiles.flip(0), indexing="xy"), -1).reshape(-1, 2)  # (n², 2), row = z2 high→low
-        written.append(out_dir / "manifold.png")
-        _save_image(plt, _grid(model.mean_image(grid).numpy(), n, n), written[-1],
-                    "decoded manifold: z on a grid of N(0, 1) quantiles (z1 across, z2 down)")
-    log.info("report: %s", ", ".join(p.name for p in written))
-    return written
+
+def _manifold(plt, model, out_dir: Path) -> Path:
+    """A 2-D model's decoded manifold on a grid of N(0, 1) quantiles."""
+    n = 20
+    quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.025, 0.975, n))
+    grid = torch.stack(torch.meshgrid(quantiles, quantiles.flip(0), indexing="xy"), -1).reshape(-1, 2)  # (n², 2)
+    path = out_dir / "manifold.png"
+    title = "decoded manifold: z on a grid of N(0, 1) quantiles (z1 across, z2 down)"
+    _save_image(plt, _grid(model.mean_image(grid).numpy(), n, n), path, title)
+    return path

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -51,8 +52,9 @@ def _beta(cfg: Config, step: int, steps_per_epoch: int) -> float:
 
 
 @torch.no_grad()
-def evidence_over(model: VAE, x: torch.Tensor, samples: int, rows: int, seed: int, device: str,
-                  progress: bool = False) -> dict[str, torch.Tensor]:
+def evidence_over(
+    model: VAE, x: torch.Tensor, samples: int, rows: int, seed: int, device: str, progress: bool = False
+) -> dict[str, torch.Tensor]:
     """Per-image evidence terms and posterior means over a dataset, with K = ``samples`` draws of ε."""
     model.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -61,12 +63,12 @@ def evidence_over(model: VAE, x: torch.Tensor, samples: int, rows: int, seed: in
     out = {name: torch.empty(len(x)) for name in objective.Evidence._fields}
     out["mean"] = torch.empty(len(x), model.cfg.latent_dim)
     for start in tqdm(range(0, len(x), rows), desc=f"evidence K={samples}", disable=not progress, leave=False):
-        batch = x[start:start + rows].to(device)  # (B, 784)
+        batch = x[start : start + rows].to(device)  # (B, 784)
         eps = torch.randn((samples, len(batch), model.cfg.latent_dim), generator=generator).to(device)  # (K, B, Z)
         mean, log_var = model.encoder(batch)
         terms = objective.evidence(mean, log_var, eps, model.log_px_given_z(batch))
         for name, value in (*terms._asdict().items(), ("mean", mean)):
-            out[name][start:start + len(batch)] = value.cpu()
+            out[name][start : start + len(batch)] = value.cpu()
     return out
 
 
@@ -82,23 +84,63 @@ def _checkpoint(model, optimizer, scheduler, generator, state: dict, cfg: Config
     }
 
 
+@dataclass
+class Run:
+    """What one training run carries from epoch to epoch (on this rank)."""
+
+    model: VAE
+    net: torch.nn.Module  # the model, or its DistributedDataParallel wrapper under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator  # every draw of the run: order, binarization, ε
+    world: distributed.World
+    device: str
+    command: str | None
+    state: dict = field(
+        default_factory=lambda: {"epoch": 0, "step": 0, "best_val_elbo": -math.inf, "best_epoch": -1, "stale_epochs": 0}
+    )
+
+
 def fit(cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True, command: str | None = None) -> Path:
     """Train with early stopping on the validation ELBO; returns the best checkpoint's path.
 
     ``command`` (the CLI line that reproduces this run) is kept in the checkpoints for the manifest.
     """
-    world = distributed.current()  # one process, or this rank of a torchrun job
-    device = distributed.rank_device(use_device(cfg), world)
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = load_data(cfg)
     validation = prepare_eval_images(cfg, splits.validation)
+    run = _start(cfg, run_dir, resume, command)
+    state, max_steps = run.state, cfg.train.max_steps or math.inf
+    while (
+        state["epoch"] < cfg.train.epochs and state["stale_epochs"] < cfg.train.patience and state["step"] < max_steps
+    ):
+        started = time.perf_counter()
+        totals, beta = _train_epoch(run, cfg, splits.train, progress)
+        record = _epoch_record(run, validation, totals, beta, started)
+        _select(state, record, warming_up=beta < cfg.train.beta)
+        if run.world.is_main:  # rank 0 writes checkpoints and metrics; the others hold the same weights
+            _save(run, cfg, run_dir, record)
+        log.info(
+            "epoch %d: train loss %.2f, val ELBO %.2f (best %.2f @ %d), %.1fs",
+            *(record["epoch"], record["train_loss"], record["val_elbo"], state["best_val_elbo"], state["best_epoch"]),
+            record["seconds"],
+        )
+    if state["stale_epochs"] >= cfg.train.patience:
+        log.info("early stop: no validation improvement for %d epochs", cfg.train.patience)
+    return run_dir / "best.pt"
+
+
+def _start(cfg: Config, run_dir: Path, resume: bool, command: str | None) -> Run:
+    """A fresh run, or with ``resume`` the run dir's last checkpoint exactly as it was saved."""
+    world = distributed.current()  # one process, or this rank of a torchrun job
+    device = distributed.rank_device(use_device(cfg), world)
     model = make_model(cfg).to(device)
     net = distributed.wrap(model, world, device)  # DDP under torchrun: gradients averaged over ranks
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs, eta_min=cfg.train.lr_min)
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    state = {"epoch": 0, "step": 0, "best_val_elbo": -math.inf, "best_epoch": -1, "stale_epochs": 0}
-    last, best, metrics_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.jsonl"
+    run = Run(model, net, optimizer, scheduler, generator, world, device, command)
+    last, metrics_path = run_dir / "last.pt", run_dir / "metrics.jsonl"
     if resume and last.is_file():
         ckpt = torch.load(last, map_location=device, weights_only=False)
         if ckpt["config"] != cfg.to_dict():
@@ -107,78 +149,86 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True,
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         generator.set_state(ckpt["generator"])
-        state = {k: ckpt[k] for k in state}
-        command = ckpt.get("command") or command
-        log.info("resumed from %s at epoch %d", last, state["epoch"])
+        run.state = {k: ckpt[k] for k in run.state}
+        run.command = ckpt.get("command") or command
+        log.info("resumed from %s at epoch %d", last, run.state["epoch"])
     elif metrics_path.exists() and world.is_main:
         metrics_path.unlink()  # a fresh run starts a fresh log
+    return run
 
-    n, batch_size = len(splits.train), cfg.train.batch_size
+
+def _train_epoch(run: Run, cfg: Config, train: torch.Tensor, progress: bool) -> tuple[torch.Tensor, float]:
+    """One pass over the training set; returns (loss sum, ELBO sum, rows) over every rank, and the last β."""
+    n, batch_size, z_dim = len(train), cfg.train.batch_size, cfg.model.latent_dim
     steps_per_epoch = math.ceil(n / batch_size)
-    z_dim = cfg.model.latent_dim
     max_steps = cfg.train.max_steps or math.inf
-    while state["epoch"] < cfg.train.epochs and state["stale_epochs"] < cfg.train.patience and state["step"] < max_steps:
-        epoch, started = state["epoch"], time.perf_counter()
-        model.train()
-        order = torch.randperm(n, generator=generator)
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, ELBO sum, rows: this rank's share
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress, leave=False)
-        for i in bar:
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            x = splits.train[idx]  # (B, 784): the global batch, drawn alike on every rank
-            if cfg.model.likelihood == "bernoulli":
-                x = binarize_dynamic(x, generator)
-            eps = torch.randn((1, len(x), z_dim), generator=generator)  # (1, B, Z)
-            part = distributed.shard(len(x), world)  # this rank's rows (all of them in one process)
-            beta = _beta(cfg, state["step"], steps_per_epoch)
-            terms = net(x[part].to(device), eps[:, part].to(device))
-            shard_loss = objective.loss(terms, beta)  # mean over this rank's rows
-            # DDP averages gradients over ranks; scaled so, the average is that of the global batch's mean.
-            batch_loss = shard_loss * (len(terms.elbo) * world.size / len(x))
-            optimizer.zero_grad(set_to_none=True)
-            batch_loss.backward()
-            optimizer.step()
-            state["step"] += 1
-            totals += torch.tensor([shard_loss.item() * len(terms.elbo), terms.elbo.sum().item(), len(terms.elbo)], dtype=torch.float64)
-            bar.set_postfix(loss=f"{totals[0] / totals[2]:.2f}")
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("step %d parameters %s", state["step"], fingerprint(model))
-            if state["step"] >= max_steps:
-                break
-        scheduler.step()
-        totals = distributed.all_sum(totals)  # every rank's rows
-        val = evidence_over(model, validation, samples=1, rows=1000, seed=1, device=device)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": float(totals[0] / totals[2]),
-            "train_elbo": float(totals[1] / totals[2]),
-            "val_elbo": float(val["elbo"].mean()),
-            "val_reconstruction": float(val["reconstruction"].mean()),
-            "val_kl": float(val["kl"].mean()),
-            "beta": beta,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        if model.sigma is not None:
-            record["sigma"] = model.sigma
-        state["epoch"] = epoch + 1
-        warming_up = beta < cfg.train.beta  # the true ELBO is what we select on, so warm-up epochs only count as a fallback
-        if state["best_epoch"] < 0 or (not warming_up and record["val_elbo"] > state["best_val_elbo"]):
-            state.update(best_val_elbo=record["val_elbo"], best_epoch=epoch + 1, stale_epochs=0)
-        elif not warming_up:
-            state["stale_epochs"] += 1
-        if world.is_main:  # rank 0 writes checkpoints and metrics; the others hold the same weights
-            ckpt = _checkpoint(model, optimizer, scheduler, generator, state, cfg, command)
-            torch.save(ckpt, last)
-            if state["best_epoch"] == epoch + 1:
-                torch.save(ckpt, best)
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        log.info("epoch %d: train loss %.2f, val ELBO %.2f (best %.2f @ %d), %.1fs", epoch + 1,
-                 record["train_loss"], record["val_elbo"], state["best_val_elbo"], state["best_epoch"], record["seconds"])
-    if state["stale_epochs"] >= cfg.train.patience:
-        log.info("early stop: no validation improvement for %d epochs", cfg.train.patience)
-    return best
+    run.model.train()
+    order = torch.randperm(n, generator=run.generator)
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, ELBO sum, rows: this rank's share
+    description = f"epoch {run.state['epoch'] + 1}/{cfg.train.epochs}"
+    bar = tqdm(range(steps_per_epoch), desc=description, disable=not progress, leave=False)
+    beta = cfg.train.beta
+    for i in bar:
+        x = train[order[i * batch_size : (i + 1) * batch_size]]  # (B, D): the global batch, drawn alike on every rank
+        if cfg.model.likelihood == "bernoulli":
+            x = binarize_dynamic(x, run.generator)
+        eps = torch.randn((1, len(x), z_dim), generator=run.generator)  # (1, B, Z)
+        part = distributed.shard(len(x), run.world)  # this rank's rows (all of them in one process)
+        beta = _beta(cfg, run.state["step"], steps_per_epoch)
+        terms = run.net(x[part].to(run.device), eps[:, part].to(run.device))
+        shard_loss = objective.loss(terms, beta)  # mean over this rank's rows
+        # DDP averages gradients over ranks; scaled so, the average is that of the global batch's mean.
+        batch_loss = shard_loss * (len(terms.elbo) * run.world.size / len(x))
+        run.optimizer.zero_grad(set_to_none=True)
+        batch_loss.backward()
+        run.optimizer.step()
+        run.state["step"] += 1
+        rows = len(terms.elbo)
+        totals += torch.tensor([shard_loss.item() * rows, terms.elbo.sum().item(), rows], dtype=torch.float64)
+        bar.set_postfix(loss=f"{totals[0] / totals[2]:.2f}")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("step %d parameters %s", run.state["step"], fingerprint(run.model))
+        if run.state["step"] >= max_steps:
+            break
+    run.scheduler.step()
+    return distributed.all_sum(totals), beta  # every rank's rows
+
+
+def _epoch_record(run: Run, validation: torch.Tensor, totals: torch.Tensor, beta: float, started: float) -> dict:
+    """The epoch's line of metrics.jsonl: training averages and the validation ELBO's terms."""
+    val = evidence_over(run.model, validation, samples=1, rows=1000, seed=1, device=run.device)
+    run.state["epoch"] += 1
+    record = {
+        "epoch": run.state["epoch"],
+        "train_loss": float(totals[0] / totals[2]),
+        "train_elbo": float(totals[1] / totals[2]),
+        "val_elbo": float(val["elbo"].mean()),
+        "val_reconstruction": float(val["reconstruction"].mean()),
+        "val_kl": float(val["kl"].mean()),
+        "beta": beta,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    if run.model.sigma is not None:
+        record["sigma"] = run.model.sigma
+    return record
+
+
+def _select(state: dict, record: dict, warming_up: bool) -> None:
+    """Early stopping on the true ELBO: warm-up epochs (β below its target) count only as a fallback."""
+    if state["best_epoch"] < 0 or (not warming_up and record["val_elbo"] > state["best_val_elbo"]):
+        state.update(best_val_elbo=record["val_elbo"], best_epoch=record["epoch"], stale_epochs=0)
+    elif not warming_up:
+        state["stale_epochs"] += 1
+
+
+def _save(run: Run, cfg: Config, run_dir: Path, record: dict) -> None:
+    ckpt = _checkpoint(run.model, run.optimizer, run.scheduler, run.generator, run.state, cfg, run.command)
+    torch.save(ckpt, run_dir / "last.pt")
+    if run.state["best_epoch"] == record["epoch"]:
+        torch.save(ckpt, run_dir / "best.pt")
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def fingerprint(model: torch.nn.Module) -> str:
@@ -202,8 +252,15 @@ def evaluate(cfg: Config, model: VAE, splits: Splits, device: str = "cpu", progr
     """Test-set metrics in nats: ELBO, its two terms, IWAE log p(x), the gap, active units."""
     x = prepare_eval_images(cfg, splits.test)
     k = cfg.eval.iwae_samples
-    terms = evidence_over(model, x, samples=k, rows=max(1, cfg.eval.iwae_batch * 1000 // k), seed=cfg.train.seed + 2,
-                          device=device, progress=progress)
+    terms = evidence_over(
+        model,
+        x,
+        samples=k,
+        rows=max(1, cfg.eval.iwae_batch * 1000 // k),
+        seed=cfg.train.seed + 2,
+        device=device,
+        progress=progress,
+    )
     # Active units (Burda et al. 2016): Cov_x(E_q[z]) per latent dimension above a threshold.
     activity = terms["mean"].var(0)  # (Z,)
     metrics = {
