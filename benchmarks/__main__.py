@@ -39,11 +39,23 @@ def peers(model: str) -> list[Peer]:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory_kb / 2**20, 1),
-            "python": platform.python_version(), "onnxruntime": ort.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
 
 def load_runs(args, all_scenarios, log_dir: Path) -> list[dict]:
@@ -61,10 +73,26 @@ def load_runs(args, all_scenarios, log_dir: Path) -> list[dict]:
                 for connections in args.concurrency:
                     server.wait_idle()  # requests the last run left in flight are not this run's
                     result = wrk(server.url + path, body, content_type, accept, connections, args.duration)
-                    runs.append({"peer": peer.name, "scenario": scenario.name, "connections": connections,
-                                 "format": "npy" if content_type == NPY else "json", "rows_per_s": result["rps"] * scenario.rows, **result})
-                    log.info("%-24s %-22s c=%-4d %8.0f req/s  p50 %6.1f ms  p99 %6.1f ms  errors %d", peer.name,
-                             scenario.name, connections, result["rps"], result["p50_us"] / 1e3, result["p99_us"] / 1e3, result["errors"])
+                    runs.append(
+                        {
+                            "peer": peer.name,
+                            "scenario": scenario.name,
+                            "connections": connections,
+                            "format": "npy" if content_type == NPY else "json",
+                            "rows_per_s": result["rps"] * scenario.rows,
+                            **result,
+                        }
+                    )
+                    log.info(
+                        "%-24s %-22s c=%-4d %8.0f req/s  p50 %6.1f ms  p99 %6.1f ms  errors %d",
+                        peer.name,
+                        scenario.name,
+                        connections,
+                        result["rps"],
+                        result["p50_us"] / 1e3,
+                        result["p99_us"] / 1e3,
+                        result["errors"],
+                    )
     return runs
 
 
@@ -114,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
 
     model_dir = ROOT / "models" / args.model
     latent_dim = json.loads((model_dir / "manifest.json").read_text())["latent_dim"]
-    chosen = [s for s in scenarios(latent_dim) if not args.scenarios or any(s.name.startswith(p) for p in args.scenarios)]
+    chosen = [
+        s for s in scenarios(latent_dim) if not args.scenarios or any(s.name.startswith(p) for p in args.scenarios)
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
     log_dir = args.out / "logs"
     log_dir.mkdir(exist_ok=True)

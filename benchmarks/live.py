@@ -3,6 +3,7 @@ session, ready when its health route answers 200, stopped with SIGTERM then SIGK
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -35,7 +36,9 @@ class LiveServer:
     VAE_HOST and VAE_PORT are set for it, so ``python -m service`` needs nothing else.
     """
 
-    def __init__(self, command: list[str], log_path: Path, env: dict[str, str] | None = None, ready_path: str = "/health/ready"):
+    def __init__(
+        self, command: list[str], log_path: Path, env: dict[str, str] | None = None, ready_path: str = "/health/ready"
+    ):
         self.port = free_port()
         self.command = [part.format(port=self.port) for part in command]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -48,11 +51,14 @@ class LiveServer:
         """Start and wait until ready; returns seconds from spawn to the first 200 from the ready path."""
         started = time.perf_counter()
         self._log = self.log_path.open("w")
-        self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         while time.perf_counter() - started < timeout_s:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.command} exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"{self.command} exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}"
+                )
             if is_ready(self.url + self.ready_path):
                 return time.perf_counter() - started
             time.sleep(0.01)
@@ -71,10 +77,8 @@ class LiveServer:
             self.process.wait(timeout=timeout_s)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait()
         self._log.close()
 

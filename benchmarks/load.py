@@ -96,8 +96,21 @@ def wrk(url: str, body: bytes, content_type: str, accept: str, connections: int,
         body_file.write(body)
         body_file.flush()
         threads = min(2, connections)
-        command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s:g}s", "--timeout", "60s",
-                   "-s", str(LUA), url, "--", body_file.name, content_type, accept]
+        command = [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration_s:g}s",
+            "--timeout",
+            "60s",
+            "-s",
+            str(LUA),
+            url,
+            "--",
+            body_file.name,
+            content_type,
+            accept,
+        ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")

@@ -5,12 +5,20 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-SERVICE, NO_BATCHING, NAIVE, LITSERVE, HELLO = "vae-serve", "vae-serve, no batching", "naive FastAPI", "LitServe", "hello (HTTP floor)"
+SERVICE, NO_BATCHING, NAIVE, LITSERVE, HELLO = (
+    "vae-serve",
+    "vae-serve, no batching",
+    "naive FastAPI",
+    "LitServe",
+    "hello (HTTP floor)",
+)
 SAMPLE_1, DECODE_256 = "sample n=1", "decode 256"
 
 
 def run_of(runs: list[dict], peer: str, scenario: str, connections: int) -> dict | None:
-    return next((r for r in runs if r["peer"] == peer and r["scenario"] == scenario and r["connections"] == connections), None)
+    return next(
+        (r for r in runs if r["peer"] == peer and r["scenario"] == scenario and r["connections"] == connections), None
+    )
 
 
 def ratio(a: dict | None, b: dict | None, key: str = "rps") -> float | None:
@@ -26,79 +34,143 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     ours = run_of(runs, SERVICE, SAMPLE_1, 64)
     for peer, goal in ((NAIVE, 1.0), (LITSERVE, 10.0)):
         value = ratio(ours, run_of(runs, peer, SAMPLE_1, 64))
-        rows.append((f"/sample n=1 JSON at c=64 ≥ {goal:g}× {peer}", fmt(value), None if value is None else value >= goal))
+        rows.append(
+            (f"/sample n=1 JSON at c=64 ≥ {goal:g}× {peer}", fmt(value), None if value is None else value >= goal)
+        )
     decode = [r for r in runs if r["peer"] == SERVICE and r["scenario"] == DECODE_256]
     floor = results["inprocess"].get(DECODE_256)
     if decode and floor:
         best = max(decode, key=lambda r: r["rows_per_s"])
         value = best["rows_per_s"] / floor
-        rows.append(("/decode 256 NPY ≥ 0.3× in-process onnxruntime rows/s",
-                     f"{value:.2f}× ({best['rows_per_s']:.0f} vs {floor:.0f} rows/s, c={best['connections']})", value >= 0.3))
+        rows.append(
+            (
+                "/decode 256 NPY ≥ 0.3× in-process onnxruntime rows/s",
+                f"{value:.2f}× ({best['rows_per_s']:.0f} vs {floor:.0f} rows/s, c={best['connections']})",
+                value >= 0.3,
+            )
+        )
     for r in (r for r in runs if r["peer"] == SERVICE and r["connections"] == 64):
         value = r["p99_us"] / r["p50_us"]
-        rows.append((f"p99 ≤ 3× p50 at c=64: {r['scenario']}", f"{value:.2f}× ({r['p99_us'] / 1e3:.1f} / {r['p50_us'] / 1e3:.1f} ms)", value <= 3))
+        rows.append(
+            (
+                f"p99 ≤ 3× p50 at c=64: {r['scenario']}",
+                f"{value:.2f}× ({r['p99_us'] / 1e3:.1f} / {r['p50_us'] / 1e3:.1f} ms)",
+                value <= 3,
+            )
+        )
     errors = sum(r["errors"] for r in runs if r["peer"] == SERVICE)
     rows.append(("no errors at any concurrency (vae-serve)", f"{errors} errors", errors == 0))
     if results.get("cold_start_s"):
         median = statistics.median(results["cold_start_s"])
-        rows.append(("cold start (spawn → ready) ≤ 2 s on CPU", f"{median:.2f} s median of {len(results['cold_start_s'])}", median <= 2))
+        rows.append(
+            (
+                "cold start (spawn → ready) ≤ 2 s on CPU",
+                f"{median:.2f} s median of {len(results['cold_start_s'])}",
+                median <= 2,
+            )
+        )
     if results.get("soak"):
         points = results["soak"]["points"]
         last, settled = points[-1], points[1] if len(points) > 2 else points[0]
         growth = last["rss_mb"] - settled["rss_mb"]
-        rows.append((f"RSS ≤ 300 MB after {last['requests']} requests, not growing",
-                     f"{last['rss_mb']:.0f} MB; {growth:+.1f} MB from {settled['requests']} to {last['requests']} requests",
-                     last["rss_mb"] <= 300 and growth <= 10))
+        rows.append(
+            (
+                f"RSS ≤ 300 MB after {last['requests']} requests, not growing",
+                f"{last['rss_mb']:.0f} MB; {growth:+.1f} MB from {settled['requests']} to {last['requests']} requests",
+                last["rss_mb"] <= 300 and growth <= 10,
+            )
+        )
     return rows
 
 
 def markdown(results: dict) -> str:
     m, runs = results["machine"], results["runs"]
     lines = [
-        "# Benchmark results", "",
+        "# Benchmark results",
+        "",
         f"{m['date']} · {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB · Python {m['python']}, "
         f"onnxruntime {m['onnxruntime']} (CPU) · model `{results['model']}` · {results['duration_s']:g} s per point, "
-        f"wrk on the same machine · whole run {results.get('wall_s', 0) / 60:.1f} min", "",
-        "## Targets", "", "| target | measured | met |", "|---|---|---|",
+        f"wrk on the same machine · whole run {results.get('wall_s', 0) / 60:.1f} min",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
     ]
-    lines += [f"| {name} | {value} | {'n/a' if ok is None else ('yes' if ok else '**no**')} |" for name, value, ok in targets(results)]
+    lines += [
+        f"| {name} | {value} | {'n/a' if ok is None else ('yes' if ok else '**no**')} |"
+        for name, value, ok in targets(results)
+    ]
     for scenario in dict.fromkeys(r["scenario"] for r in runs):
         floor = results["inprocess"].get(scenario)
-        lines += ["", f"## {scenario}", "", f"In-process onnxruntime at this batch size: {floor:,.0f} rows/s." if floor else "", "",
-                  "| peer | body | c | req/s | rows/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {scenario}",
+            "",
+            f"In-process onnxruntime at this batch size: {floor:,.0f} rows/s." if floor else "",
+            "",
+            "| peer | body | c | req/s | rows/s | p50 ms | p99 ms | errors |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in (r for r in runs if r["scenario"] == scenario):
-            lines.append(f"| {r['peer']} | {r['format']} | {r['connections']} | {r['rps']:,.0f} | {r['rows_per_s']:,.0f} | "
-                         f"{r['p50_us'] / 1e3:.1f} | {r['p99_us'] / 1e3:.1f} | {r['errors']} |")
-        lines += ["", "vae-serve ÷ peer (req/s at the same concurrency; in-process: rows/s):", "",
-                  "| c | ÷ no batching | ÷ naive | ÷ LitServe | ÷ hello | ÷ in-process |", "|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {r['peer']} | {r['format']} | {r['connections']} | {r['rps']:,.0f} | {r['rows_per_s']:,.0f} | "
+                f"{r['p50_us'] / 1e3:.1f} | {r['p99_us'] / 1e3:.1f} | {r['errors']} |"
+            )
+        lines += [
+            "",
+            "vae-serve ÷ peer (req/s at the same concurrency; in-process: rows/s):",
+            "",
+            "| c | ÷ no batching | ÷ naive | ÷ LitServe | ÷ hello | ÷ in-process |",
+            "|---|---|---|---|---|---|",
+        ]
         for c in results["concurrency"]:
             ours = run_of(runs, SERVICE, scenario, c)
             if ours is None:
                 continue
-            cells = [fmt(ratio(ours, run_of(runs, peer, scenario, c))) for peer in (NO_BATCHING, NAIVE, LITSERVE, HELLO)]
+            cells = [
+                fmt(ratio(ours, run_of(runs, peer, scenario, c))) for peer in (NO_BATCHING, NAIVE, LITSERVE, HELLO)
+            ]
             cells.append(fmt(ours["rows_per_s"] / floor if floor else None))
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
     if results.get("soak"):
-        lines += ["", "## Memory soak (vae-serve, after one round of every scenario, then /sample n=1 at c=64)", "",
-                  "| requests | RSS MB |", "|---|---|"]
+        lines += [
+            "",
+            "## Memory soak (vae-serve, after one round of every scenario, then /sample n=1 at c=64)",
+            "",
+            "| requests | RSS MB |",
+            "|---|---|",
+        ]
         lines += [f"| {p['requests']:,} | {p['rss_mb']:.0f} |" for p in results["soak"]["points"]]
     if results.get("cold_start_s"):
-        lines += ["", "Cold start (process spawn → `/health/ready` 200): " + ", ".join(f"{t:.2f} s" for t in results["cold_start_s"])]
+        lines += [
+            "",
+            "Cold start (process spawn → `/health/ready` 200): "
+            + ", ".join(f"{t:.2f} s" for t in results["cold_start_s"]),
+        ]
     return "\n".join(lines) + "\n"
 
 
 def plot(results: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = results["runs"]
     scenarios = list(dict.fromkeys(r["scenario"] for r in runs))
     columns = min(3, len(scenarios))
-    figure, axes = plt.subplots((len(scenarios) + columns - 1) // columns, columns, figsize=(5 * columns, 3.8 * ((len(scenarios) + columns - 1) // columns)), squeeze=False)
+    figure, axes = plt.subplots(
+        (len(scenarios) + columns - 1) // columns,
+        columns,
+        figsize=(5 * columns, 3.8 * ((len(scenarios) + columns - 1) // columns)),
+        squeeze=False,
+    )
     for ax, scenario in zip(axes.flat, scenarios):
         for peer in dict.fromkeys(r["peer"] for r in runs):
-            points = sorted((r["connections"], r["rows_per_s"]) for r in runs if r["peer"] == peer and r["scenario"] == scenario)
+            points = sorted(
+                (r["connections"], r["rows_per_s"]) for r in runs if r["peer"] == peer and r["scenario"] == scenario
+            )
             if points:
                 ax.plot(*zip(*points), marker="o", label=peer, linewidth=2.5 if peer == SERVICE else 1.2)
         if floor := results["inprocess"].get(scenario):
@@ -106,7 +178,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set(title=scenario, xscale="log", xlabel="concurrent connections", ylabel="rows/s")
         ax.set_xticks(results["concurrency"], [str(c) for c in results["concurrency"]])
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(scenarios):]:
+    for ax in list(axes.flat)[len(scenarios) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     figure.suptitle(f"throughput vs concurrency — {results['machine']['cores']} cores, {results['machine']['date']}")

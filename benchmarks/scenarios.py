@@ -51,8 +51,16 @@ def scenarios(latent_dim: int) -> list[Scenario]:
         Scenario("sample n=64", "/sample", 64, "decoder", {"n": 64}),
         Scenario("decode 256", "/decode", 256, "decoder", {"latents": latents}, "latents", binary=True),
         Scenario("encode 64", "/encode", 64, "encoder", {"inputs": _images(64)}, "inputs", binary=True),
-        Scenario("elbo 64, K=16", "/elbo", 64, "score", {"inputs": _images(64), "samples": 16, "seed": 0},
-                 "inputs", binary=True, samples=16),
+        Scenario(
+            "elbo 64, K=16",
+            "/elbo",
+            64,
+            "score",
+            {"inputs": _images(64), "samples": 16, "seed": 0},
+            "inputs",
+            binary=True,
+            samples=16,
+        ),
     ]
 
 
@@ -61,15 +69,18 @@ def inprocess_rows_per_second(model_dir: Path, scenario: Scenario, seconds: floa
     manifest = json.loads((model_dir / "manifest.json").read_text())
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(model_dir / manifest["graphs"][scenario.graph]["path"]), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(model_dir / manifest["graphs"][scenario.graph]["path"]), options, providers=["CPUExecutionProvider"]
+    )
     rng = np.random.default_rng(0)
     rows, z_dim = scenario.rows, manifest["latent_dim"]
     feeds = {
         "decoder": lambda: {"z": rng.standard_normal((rows, z_dim), dtype=np.float32)},
         "encoder": lambda: {"x": rng.random((rows, 784), dtype=np.float32)},
-        "score": lambda: {"x": rng.random((rows, 784), dtype=np.float32),
-                          "eps": rng.standard_normal((scenario.samples, rows, z_dim), dtype=np.float32)},
+        "score": lambda: {
+            "x": rng.random((rows, 784), dtype=np.float32),
+            "eps": rng.standard_normal((scenario.samples, rows, z_dim), dtype=np.float32),
+        },
     }[scenario.graph]()
     session.run(None, feeds)
     runs, started = 0, time.perf_counter()

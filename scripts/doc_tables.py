@@ -1,7 +1,7 @@
 """Regenerate the docs' tables from the code and the shipped manifests.
 
-    python scripts/doc_tables.py          # rewrite docs/training.md (models) and docs/configuration.md (settings)
-    python scripts/doc_tables.py --check  # exit 1 if either is out of date (the tests call this)
+python scripts/doc_tables.py          # rewrite docs/training.md (models) and docs/configuration.md (settings)
+python scripts/doc_tables.py --check  # exit 1 if either is out of date (the tests call this)
 """
 
 from __future__ import annotations
@@ -17,16 +17,20 @@ sys.path.insert(0, str(ROOT))
 
 
 def models_table() -> str:
-    rows = ["| model | likelihood | architecture | latent | test ELBO | test log p(x) (IWAE) | gap | KL | active units |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| model | likelihood | architecture | latent | test ELBO | test log p(x) (IWAE) | gap | KL | active units |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for path in sorted((ROOT / "models").glob("*/manifest.json")):
         m = json.loads(path.read_text())
         x = m["metrics"]
+        sigma = f" (σ = {m['sigma']:.3f}, learned)" if m.get("sigma") else ""
         rows.append(
-            f"| `{m['name']}` | {m['likelihood']}{' (σ = %.3f, learned)' % m['sigma'] if m.get('sigma') else ''} "
+            f"| `{m['name']}` | {m['likelihood']}{sigma} "
             f"| {m['architecture']} | {m['latent_dim']} | {x['test_elbo']:.2f} "
             f"| {x['test_log_likelihood']:.2f} (K = {x['iwae_samples']}) | {x['test_gap']:.2f} | {x['test_kl']:.2f} "
-            f"| {x['active_units']} / {m['latent_dim']} |")
+            f"| {x['active_units']} / {m['latent_dim']} |"
+        )
     return "\n".join(rows)
 
 
@@ -64,7 +68,10 @@ def main() -> int:
             if not args.check:
                 path.write_text(wanted)
     if args.check and stale:
-        print(f"out of date: {', '.join(str(p.relative_to(ROOT)) for p in stale)}; run python scripts/doc_tables.py", file=sys.stderr)
+        print(
+            f"out of date: {', '.join(str(p.relative_to(ROOT)) for p in stale)}; run python scripts/doc_tables.py",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

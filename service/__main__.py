@@ -52,12 +52,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, help="bind port (VAE_PORT, default 8000)")
     parser.add_argument("--model-dir", help="folder of models/<name>/ (VAE_MODEL_DIR, default models)")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "model_dir": args.model_dir}.items() if v is not None}
+    overrides = {
+        k: v for k, v in {"host": args.host, "port": args.port, "model_dir": args.model_dir}.items() if v is not None
+    }
     settings = Settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                            access_log=False, log_config=None)  # our JSON handler, not uvicorn's
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        log_config=None,
+    )  # our JSON handler, not uvicorn's
     DrainingServer(config, app.state.lifecycle, settings.shutdown_grace_s).run()
 
 

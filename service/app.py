@@ -25,7 +25,15 @@ from .settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 # Headers a browser client may read: the request id and what NPY answers carry beside the array.
-EXPOSED_HEADERS = ["X-Request-ID", "X-Model", "X-Seed", "X-Array", "X-Other-Arrays", "Retry-After", "Inference-Header-Content-Length"]
+EXPOSED_HEADERS = [
+    "X-Request-ID",
+    "X-Model",
+    "X-Seed",
+    "X-Array",
+    "X-Other-Arrays",
+    "Retry-After",
+    "Inference-Header-Content-Length",
+]
 
 DESCRIPTION = """A Variational Autoencoder served with onnxruntime and dynamic cross-request batching.
 
@@ -57,8 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await registry.close()
 
     # /docs and /redoc with their scripts and styles served from the app, not a CDN
-    app = FastAPIOffline(title="vae-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
-                         static_url="/docs/assets")
+    app = FastAPIOffline(
+        title="vae-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan, static_url="/docs/assets"
+    )
     app.state.metrics = metrics
     app.state.settings = settings
     app.state.lifecycle = lifecycle = Lifecycle()
@@ -72,7 +81,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=playground.STATIC), name="static")
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origin_list:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST"],
-                           allow_headers=["*"], expose_headers=EXPOSED_HEADERS, max_age=600)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=EXPOSED_HEADERS,
+            max_age=600,
+        )
     app.add_middleware(RequestMiddleware, metrics=metrics, lifecycle=lifecycle, access_log=settings.access_log)
     return app

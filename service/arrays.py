@@ -291,7 +291,7 @@ def png_images(items: list, shape: ImageShape, field: str = "inputs") -> np.ndar
     out = np.empty((len(items), h * w * c), dtype=np.float32)
     for i, item in enumerate(items):
 
-        def bad(message: str) -> InvalidInput:
+        def bad(message: str, i: int = i) -> InvalidInput:
             return invalid("body", field, i, message=f"{field}[{i}]: {message}")
 
         if not isinstance(item, str):

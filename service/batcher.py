@@ -9,6 +9,7 @@ event loop never blocks on ORT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -34,7 +35,9 @@ class DeadlineExceeded(DeadlinePassed):
     """The request was still queued at its deadline; its rows were dropped before reaching ORT (504)."""
 
 
-DEADLINE_MESSAGE = "deadline passed while the request was queued (X-Timeout-Ms or parameters.timeout; default VAE_REQUEST_TIMEOUT_MS)"
+DEADLINE_MESSAGE = (
+    "deadline passed while the request was queued (X-Timeout-Ms or parameters.timeout; default VAE_REQUEST_TIMEOUT_MS)"
+)
 
 
 @dataclass(eq=False)
@@ -53,7 +56,7 @@ def signature_of(inputs: Tensors, batch_axes: dict[str, int]) -> tuple:
     parts = []
     for name, a in inputs.items():
         axis = batch_axes[name]
-        parts.append((name, a.shape[:axis] + a.shape[axis + 1:], a.dtype.char))
+        parts.append((name, a.shape[:axis] + a.shape[axis + 1 :], a.dtype.char))
     return tuple(parts)
 
 
@@ -275,7 +278,9 @@ class Batcher:
     async def _result(self, job: Job, deadline: float | None) -> Tensors:
         """The job's slice of its run; dropped from the queue at its deadline or when cancelled."""
         loop = asyncio.get_running_loop()
-        timer = None if deadline is None else loop.call_later(max(0.0, deadline - time.perf_counter()), self._expire, job)
+        timer = (
+            None if deadline is None else loop.call_later(max(0.0, deadline - time.perf_counter()), self._expire, job)
+        )
         try:
             return await job.future
         except asyncio.CancelledError:
@@ -373,10 +378,8 @@ class Batcher:
             if task is None:
                 continue
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         for job in self.queue.jobs:
             if not job.future.done():
                 job.future.set_exception(RuntimeError(f"{self.name} closed"))

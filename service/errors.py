@@ -109,7 +109,9 @@ def render(request: Request, exc: ServiceError) -> Response:
     if request.url.path.startswith(OIP_PREFIX):
         return _json({"error": exc.message}, exc.oip_status or exc.status, exc.headers)
     if exc.loc:
-        return _json({"detail": [{"loc": list(exc.loc), "msg": exc.message, "type": exc.kind}]}, exc.status, exc.headers)
+        return _json(
+            {"detail": [{"loc": list(exc.loc), "msg": exc.message, "type": exc.kind}]}, exc.status, exc.headers
+        )
     return _json({"detail": exc.message}, exc.status, exc.headers)
 
 

@@ -70,7 +70,9 @@ def check_layout(manifest: Manifest, path: Path) -> None:
     again = "re-export the model with `python -m training export`"
     if manifest.manifest_version not in MANIFEST_VERSIONS:
         supported = ", ".join(map(str, MANIFEST_VERSIONS))
-        raise ManifestError(f"{path}: manifest_version {manifest.manifest_version} is not one this service reads ({supported}); {again}")
+        raise ManifestError(
+            f"{path}: manifest_version {manifest.manifest_version} is not one this service reads ({supported}); {again}"
+        )
     missing = [g for g in REQUIRED_GRAPHS if g not in manifest.graphs]
     if missing:
         raise ManifestError(f"{path}: graphs missing: {', '.join(missing)}; {again}")
@@ -79,7 +81,10 @@ def check_layout(manifest: Manifest, path: Path) -> None:
         raise ManifestError(f"{path}: image_shape {list(manifest.image_shape)} is not [H, W, 1] or [H, W, 3]")
     x = manifest.graphs["encoder"].inputs.get("x", [])
     if x[-1:] != [manifest.image_size]:
-        raise ManifestError(f"{path}: the encoder takes {x}, not the {manifest.image_size} values of image_shape {list(manifest.image_shape)}")
+        raise ManifestError(
+            f"{path}: the encoder takes {x}, "
+            f"not the {manifest.image_size} values of image_shape {list(manifest.image_shape)}"
+        )
 
 
 def load_manifest(model_dir: Path) -> Manifest:

@@ -17,14 +17,38 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("vae_requests", "HTTP requests by route and status", ["endpoint", "status"], registry=self.registry)
-        self.latency = Histogram("vae_request_seconds", "HTTP request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.batch_rows = Histogram("vae_batch_rows", "rows per ORT run", ["model", "graph"], buckets=ROW_BUCKETS, registry=self.registry)
-        self.batch_requests = Histogram("vae_batch_requests", "requests coalesced per ORT run", ["model", "graph"], buckets=ROW_BUCKETS, registry=self.registry)
-        self.queue_depth = Gauge("vae_queue_rows", "rows waiting in a batcher's queue", ["model", "graph"], registry=self.registry)
-        self.queue_wait = Histogram("vae_queue_wait_seconds", "time from enqueue to ORT run", ["model", "graph"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.dropped = Counter("vae_dropped_requests", "requests dropped from a queue before reaching ORT, by reason (deadline, cancelled)",
-                               ["model", "graph", "reason"], registry=self.registry)
+        self.requests = Counter(
+            "vae_requests", "HTTP requests by route and status", ["endpoint", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "vae_request_seconds", "HTTP request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry
+        )
+        self.batch_rows = Histogram(
+            "vae_batch_rows", "rows per ORT run", ["model", "graph"], buckets=ROW_BUCKETS, registry=self.registry
+        )
+        self.batch_requests = Histogram(
+            "vae_batch_requests",
+            "requests coalesced per ORT run",
+            ["model", "graph"],
+            buckets=ROW_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "vae_queue_rows", "rows waiting in a batcher's queue", ["model", "graph"], registry=self.registry
+        )
+        self.queue_wait = Histogram(
+            "vae_queue_wait_seconds",
+            "time from enqueue to ORT run",
+            ["model", "graph"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.dropped = Counter(
+            "vae_dropped_requests",
+            "requests dropped from a queue before reaching ORT, by reason (deadline, cancelled)",
+            ["model", "graph", "reason"],
+            registry=self.registry,
+        )
         self.in_flight = Gauge("vae_requests_in_flight", "HTTP requests being handled", registry=self.registry)
 
     def observer(self, model: str, graph: str) -> BatchObserver:
@@ -64,7 +88,9 @@ class GraphStats(BatchObserver):
     inference_count: int = 0  # rows
     execution_count: int = 0  # ORT runs
     last_inference_ms: int = 0
-    totals: dict[str, list[int]] = field(default_factory=lambda: {k: [0, 0] for k in ("success", "fail", "queue", "compute_infer")})
+    totals: dict[str, list[int]] = field(
+        default_factory=lambda: {k: [0, 0] for k in ("success", "fail", "queue", "compute_infer")}
+    )
     batches: dict[int, list[int]] = field(default_factory=dict)  # batch size -> [runs, compute ns]
 
     def queue_wait(self, seconds: float) -> None:
@@ -89,8 +115,19 @@ class GraphStats(BatchObserver):
         stats = {key: _duration(*value) for key, value in self.totals.items()}
         stats |= {"compute_input": _duration(), "compute_output": _duration()}
         return {
-            "name": name, "version": version, "last_inference": self.last_inference_ms,
-            "inference_count": self.inference_count, "execution_count": self.execution_count, "inference_stats": stats,
-            "batch_stats": [{"batch_size": size, "compute_input": _duration(), "compute_output": _duration(),
-                             "compute_infer": _duration(runs, ns)} for size, (runs, ns) in sorted(self.batches.items())],
+            "name": name,
+            "version": version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": stats,
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": _duration(),
+                    "compute_output": _duration(),
+                    "compute_infer": _duration(runs, ns),
+                }
+                for size, (runs, ns) in sorted(self.batches.items())
+            ],
         }

@@ -15,7 +15,6 @@ from .lifecycle import Lifecycle
 from .logs import request_id
 from .metrics import Metrics
 
-
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")  # a client's X-Request-ID is echoed only if it looks like an id
 ALWAYS_OPEN = ("/health/", "/v2/health/", "/metrics")  # answered while draining: probes and scrapes must see the drain
 access = logging.getLogger("service.access")
@@ -49,8 +48,12 @@ class RequestMiddleware:
         self.metrics.in_flight.inc()
         try:
             if self.lifecycle.draining and not scope["path"].startswith(ALWAYS_OPEN):
-                await _reject(send_with_id, 503, "shutting down: retry on another replica",
-                              [(b"retry-after", b"1"), (b"connection", b"close")])
+                await _reject(
+                    send_with_id,
+                    503,
+                    "shutting down: retry on another replica",
+                    [(b"retry-after", b"1"), (b"connection", b"close")],
+                )
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
@@ -62,15 +65,32 @@ class RequestMiddleware:
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(elapsed)
             if self.access_log:
-                access.info("%s %s %d", scope["method"], scope["path"], status, extra={"fields": {
-                    "method": scope["method"], "path": scope["path"], "status": status, "duration_ms": round(elapsed * 1000, 3)}})
+                access.info(
+                    "%s %s %d",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    extra={
+                        "fields": {
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "status": status,
+                            "duration_ms": round(elapsed * 1000, 3),
+                        }
+                    },
+                )
             request_id.reset(token)
 
 
 async def _reject(send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
     body = orjson.dumps({"detail": detail})
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

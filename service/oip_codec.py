@@ -33,8 +33,13 @@ def tensor_metadata(tensors: dict[str, list[int]]) -> list[dict]:
 
 
 def model_metadata(name: str, version: str, spec: GraphSpec) -> dict:
-    return {"name": name, "versions": [version], "platform": PLATFORM,
-            "inputs": tensor_metadata(spec.inputs), "outputs": tensor_metadata(spec.outputs)}
+    return {
+        "name": name,
+        "versions": [version],
+        "platform": PLATFORM,
+        "inputs": tensor_metadata(spec.inputs),
+        "outputs": tensor_metadata(spec.outputs),
+    }
 
 
 @dataclass
@@ -77,10 +82,14 @@ def _tensor(name: str, item: dict, shape: list[int], binary: memoryview, offset:
         if "data" in item:
             raise bad_request(f"input {name!r}: has both 'data' and binary_data_size; send one")
         if not isinstance(size, int) or size != count * 4:
-            raise bad_request(f"input {name!r}: binary_data_size {size!r} but shape {shape} of FP32 needs {count * 4} bytes")
+            raise bad_request(
+                f"input {name!r}: binary_data_size {size!r} but shape {shape} of FP32 needs {count * 4} bytes"
+            )
         if offset + size > len(binary):
-            raise bad_request(f"input {name!r}: the body ends {offset + size - len(binary)} bytes short of its binary data")
-        array = np.frombuffer(binary[offset:offset + size], dtype="<f4").reshape(shape).astype(np.float32)
+            raise bad_request(
+                f"input {name!r}: the body ends {offset + size - len(binary)} bytes short of its binary data"
+            )
+        array = np.frombuffer(binary[offset : offset + size], dtype="<f4").reshape(shape).astype(np.float32)
         return array, offset + size
     if "data" not in item:
         raise bad_request(f"input {name!r}: needs 'data' or parameters.binary_data_size")
@@ -123,7 +132,8 @@ def parse_infer_request(body: bytes, header_length: str | None, spec: GraphSpec)
         raise bad_request(f"inputs disagree on the batch size: {sorted(batch)}")
     return InferRequest(
         id=request.get("id") if isinstance(request.get("id"), str) else None,
-        inputs=inputs, timeout_s=_timeout(request.get("parameters")),
+        inputs=inputs,
+        timeout_s=_timeout(request.get("parameters")),
         **_requested_outputs(request, spec),
     )
 

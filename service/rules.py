@@ -66,7 +66,9 @@ def deadline(settings: Settings, timeout_s: float | None, field: tuple = ("heade
 ROWS = {"inputs": "images", "latents": "latents", "n": "samples"}  # what a row of each field is
 
 
-def check_size(settings: Settings, rows: int, samples: int = 0, where: str = "body", rows_field: str = "inputs") -> None:
+def check_size(
+    settings: Settings, rows: int, samples: int = 0, where: str = "body", rows_field: str = "inputs"
+) -> None:
     """Rows per request, samples (K) per input and K × rows: what one request may ask of the graphs."""
     limits = (
         (rows_field, rows, settings.max_request_rows, ROWS.get(rows_field, "rows")),

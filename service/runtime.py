@@ -63,7 +63,8 @@ def session_options(settings: Settings) -> ort.SessionOptions:
 def open_session(path: Path, providers: list[str], options: ort.SessionOptions) -> ort.InferenceSession:
     with quiet_ort():
         return ort.InferenceSession(
-            str(path), sess_options=options,
+            str(path),
+            sess_options=options,
             providers=[(p, CUDA_OPTIONS) if p == CUDA else p for p in providers],
         )
 
@@ -80,19 +81,26 @@ def _compatible(actual: list[int], declared: list[int]) -> bool:
 
 def check_graph(session: ort.InferenceSession, spec: GraphSpec, path: Path) -> None:
     """The ONNX graph takes and gives what the manifest says: names, order and shapes."""
-    for kind, actual, declared in (("inputs", session.get_inputs(), spec.inputs), ("outputs", session.get_outputs(), spec.outputs)):
+    for kind, actual, declared in (
+        ("inputs", session.get_inputs(), spec.inputs),
+        ("outputs", session.get_outputs(), spec.outputs),
+    ):
         names = [t.name for t in actual]
         if (kind == "inputs" and names != list(declared)) or (kind == "outputs" and set(declared) - set(names)):
             raise ManifestError(f"{path}: {kind} {names} do not match the manifest's {list(declared)}")
         for tensor in actual:
             if tensor.name in declared and not _compatible(_dims(tensor.shape), declared[tensor.name]):
-                raise ManifestError(f"{path}: {tensor.name} has shape {_dims(tensor.shape)}, the manifest says {declared[tensor.name]}")
+                raise ManifestError(
+                    f"{path}: {tensor.name} has shape {_dims(tensor.shape)}, the manifest says {declared[tensor.name]}"
+                )
 
 
 def check_latent_dim(manifest: Manifest) -> None:
     """latent_dim agrees with the decoder's input and the encoder's outputs."""
-    sizes = {"decoder z": manifest.graphs["decoder"].inputs["z"][-1],
-             "encoder mean": manifest.graphs["encoder"].outputs["mean"][-1]}
+    sizes = {
+        "decoder z": manifest.graphs["decoder"].inputs["z"][-1],
+        "encoder mean": manifest.graphs["encoder"].outputs["mean"][-1],
+    }
     wrong = {k: v for k, v in sizes.items() if v != manifest.latent_dim}
     if wrong:
         raise ManifestError(f"manifest latent_dim {manifest.latent_dim} disagrees with the graphs: {wrong}")
@@ -101,7 +109,9 @@ def check_latent_dim(manifest: Manifest) -> None:
 def zero_inputs(spec: GraphSpec, rows: int) -> Tensors:
     """Zeros shaped as the manifest declares: ``rows`` on each batch axis, 1 on other dynamic axes (K)."""
     return {
-        name: np.zeros([rows if axis == spec.batch_axes[name] else max(size, 1) for axis, size in enumerate(shape)], np.float32)
+        name: np.zeros(
+            [rows if axis == spec.batch_axes[name] else max(size, 1) for axis, size in enumerate(shape)], np.float32
+        )
         for name, shape in spec.inputs.items()
     }
 
@@ -186,7 +196,9 @@ def make_batchers(runtime: ModelRuntime, settings: Settings, metrics: Metrics, e
         )
 
 
-def load_model(model_dir: Path, providers: list[str], settings: Settings, metrics: Metrics, executor: Executor) -> ModelRuntime:
+def load_model(
+    model_dir: Path, providers: list[str], settings: Settings, metrics: Metrics, executor: Executor
+) -> ModelRuntime:
     """Manifest, sha256s, sessions, graph shapes, then batchers: any failure raises before it serves."""
     started = time.perf_counter()
     manifest = load_manifest(model_dir)
@@ -200,10 +212,21 @@ def load_model(model_dir: Path, providers: list[str], settings: Settings, metric
     check_latent_dim(manifest)
     actual = sessions["decoder"].get_providers()[0]
     if CUDA in providers and actual != CUDA:
-        log.warning("model %s: CUDA provider unavailable here (onnxruntime-gpu needs CUDA 13 + cuDNN 9); using %s",
-                    manifest.name, actual)
+        log.warning(
+            "model %s: CUDA provider unavailable here (onnxruntime-gpu needs CUDA 13 + cuDNN 9); using %s",
+            manifest.name,
+            actual,
+        )
     runtime = ModelRuntime(model_dir.name, manifest, sessions, actual)
     make_batchers(runtime, settings, metrics, executor)
-    log.info("model %s v%s loaded on %s (image %s, latent_dim=%d, likelihood=%s) in %.2fs", runtime.name, manifest.version,
-             actual, list(manifest.image_shape), manifest.latent_dim, manifest.likelihood, time.perf_counter() - started)
+    log.info(
+        "model %s v%s loaded on %s (image %s, latent_dim=%d, likelihood=%s) in %.2fs",
+        runtime.name,
+        manifest.version,
+        actual,
+        list(manifest.image_shape),
+        manifest.latent_dim,
+        manifest.likelihood,
+        time.perf_counter() - started,
+    )
     return runtime

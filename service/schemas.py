@@ -52,7 +52,9 @@ class DecodeRequest(DecodeOptions):
 
 class SampleRequest(_Options):
     n: int = Field(1, ge=1, description="how many samples from the prior")
-    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="same seed, bit-identical output; omitted: one is picked and returned")
+    seed: int | None = Field(
+        None, ge=0, le=SEED_MAX, description="same seed, bit-identical output; omitted: one is picked and returned"
+    )
     temperature: float = Field(1.0, gt=0, le=100, description="scales the prior's standard deviation")
     format: Literal["array", "png"] = Field("array", description="nested floats, or base64 PNG strings (JSON only)")
     model_config = ConfigDict(json_schema_extra={"examples": [{"n": 4, "seed": 42, "temperature": 1.0}]})

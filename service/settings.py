@@ -16,27 +16,64 @@ class Settings(BaseSettings):
     model_dir: Path = Field(Path("models"), description="folder of models/<name>/manifest.json")
     default_model: str = Field("fashion-mnist", description="model used when a request names none")
     providers: str = Field("auto", description="'auto' (CUDA if it works, then CPU) or a comma list of ORT providers")
-    batching: bool = Field(True, description="coalesce concurrent requests into one ORT run (false: one request per run)")
+    batching: bool = Field(
+        True, description="coalesce concurrent requests into one ORT run (false: one request per run)"
+    )
     max_batch_rows: int = Field(
-        128, ge=1, description="rows per ORT run; larger requests run in chunks (CPU gains nothing past ~64; raise it on a GPU)")
-    max_concurrent_runs: int = Field(2, ge=1, description="ORT runs in flight per graph: a second one keeps another core busy on big batches")
+        128,
+        ge=1,
+        description="rows per ORT run; larger requests run in chunks (CPU gains nothing past ~64; raise it on a GPU)",
+    )
+    max_concurrent_runs: int = Field(
+        2, ge=1, description="ORT runs in flight per graph: a second one keeps another core busy on big batches"
+    )
     max_delay_ms: float = Field(0.0, ge=0, description="wait up to this long for a batch to fill (0: greedy)")
     max_queue_rows: int = Field(
-        262144, ge=1, description="rows waiting per batcher before requests get 503 (/elbo counts K × inputs; 256 requests of 64 images × K=16 fit)")
+        262144,
+        ge=1,
+        description=(
+            "rows waiting per batcher before requests get 503 "
+            "(/elbo counts K × inputs; 256 requests of 64 images × K=16 fit)"
+        ),
+    )
     pad_batches: Literal["auto", "true", "false"] = Field(
-        "auto", description="pad batches to power-of-two buckets (auto: on CUDA, where new shapes are costly)")
-    ort_intra_op_threads: int = Field(0, ge=0, description="ORT threads per run (0: ORT's default, one per core; idle threads sleep, they do not spin)")
+        "auto", description="pad batches to power-of-two buckets (auto: on CUDA, where new shapes are costly)"
+    )
+    ort_intra_op_threads: int = Field(
+        0,
+        ge=0,
+        description="ORT threads per run (0: ORT's default, one per core; idle threads sleep, they do not spin)",
+    )
     ort_inter_op_threads: int = Field(1, ge=0, description="ORT inter-op threads per session")
     max_request_rows: int = Field(1024, ge=1, description="images / latents / n per request")
     max_samples: int = Field(1000, ge=1, description="samples (K) per request for /encode and /elbo")
-    max_sample_rows: int = Field(262144, ge=1, description="samples × inputs per /encode or /elbo request (bounds memory)")
+    max_sample_rows: int = Field(
+        262144, ge=1, description="samples × inputs per /encode or /elbo request (bounds memory)"
+    )
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="request bodies above this get 413")
-    request_timeout_ms: float = Field(30000, gt=0, description="deadline of a request still queued (504 after it); X-Timeout-Ms overrides it per request")
-    max_request_timeout_ms: float = Field(300000, gt=0, description="the most an X-Timeout-Ms header (or OIP parameters.timeout) may ask for")
-    shutdown_grace_s: float = Field(30, ge=0, description="on SIGTERM: readiness 503 at once, then up to this long for accepted requests to finish")
-    api_keys: str = Field("", description="comma-separated API keys for the inference routes (Authorization: Bearer or X-API-Key); empty: open")
-    cors_origins: str = Field("", description="comma-separated origins allowed by CORS (* for any); empty: no CORS headers")
-    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line, with the request id")
+    request_timeout_ms: float = Field(
+        30000,
+        gt=0,
+        description="deadline of a request still queued (504 after it); X-Timeout-Ms overrides it per request",
+    )
+    max_request_timeout_ms: float = Field(
+        300000, gt=0, description="the most an X-Timeout-Ms header (or OIP parameters.timeout) may ask for"
+    )
+    shutdown_grace_s: float = Field(
+        30, ge=0, description="on SIGTERM: readiness 503 at once, then up to this long for accepted requests to finish"
+    )
+    api_keys: str = Field(
+        "",
+        description=(
+            "comma-separated API keys for the inference routes (Authorization: Bearer or X-API-Key); empty: open"
+        ),
+    )
+    cors_origins: str = Field(
+        "", description="comma-separated origins allowed by CORS (* for any); empty: no CORS headers"
+    )
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one JSON object per line, with the request id"
+    )
     access_log: bool = Field(False, description="one log line per request (method, path, status, duration, request id)")
     warmup: bool = Field(True, description="run every batch shape once before /health/ready turns 200")
     host: str = Field("127.0.0.1", description="bind address")

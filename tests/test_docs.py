@@ -15,7 +15,11 @@ DOCS = {p.name: p.read_text() for p in (ROOT / "docs").glob("*.md")}
 
 
 def test_every_setting_is_documented_in_the_configuration_page():
-    missing = [f"VAE_{name.upper()}" for name in Settings.model_fields if f"`VAE_{name.upper()}`" not in DOCS["configuration.md"]]
+    missing = [
+        f"VAE_{name.upper()}"
+        for name in Settings.model_fields
+        if f"`VAE_{name.upper()}`" not in DOCS["configuration.md"]
+    ]
     assert not missing, missing
 
 
@@ -46,5 +50,7 @@ def test_docs_speak_of_the_project_as_it_is(name):
 
 
 def test_generated_tables_match_the_code_and_the_shipped_manifests():
-    result = subprocess.run([sys.executable, "scripts/doc_tables.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "scripts/doc_tables.py", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr

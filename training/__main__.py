@@ -37,8 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("config", help="shipped config name (e.g. fashion-mnist) or path to a .toml file")
-        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a config field, e.g. --set train.epochs=5 (repeatable)")
+        sub.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config field, e.g. --set train.epochs=5 (repeatable)",
+        )
         sub.add_argument("--epochs", type=int, help="shorthand for --set train.epochs=N")
         sub.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
         sub.add_argument("--device", help="cpu or cuda[:N] (shorthand for --set train.device=...)")
@@ -46,19 +52,34 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--runs-dir", type=Path, default=Path("runs"), help="checkpoints and logs (default: runs/)")
         sub.add_argument("--models-dir", type=Path, default=Path("models"), help="exported models (default: models/)")
         sub.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
-        sub.add_argument("--log-level", default="info", choices=["debug", "info", "warning"],
-                         help="debug also logs a fingerprint of the weights after every step, on every rank")
+        sub.add_argument(
+            "--log-level",
+            default="info",
+            choices=["debug", "info", "warning"],
+            help="debug also logs a fingerprint of the weights after every step, on every rank",
+        )
         if name in ("train", "fit"):
             sub.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint")
     sub = commands.add_parser("reexport", help=REEXPORT, description=REEXPORT)
-    sub.add_argument("model_dirs", nargs="+", type=Path, metavar="MODEL_DIR", help="a folder with manifest.json, e.g. models/fashion-mnist")
+    sub.add_argument(
+        "model_dirs",
+        nargs="+",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="a folder with manifest.json, e.g. models/fashion-mnist",
+    )
     sub.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     return parser
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
-    for flag, key in (("epochs", "train.epochs"), ("seed", "train.seed"), ("device", "train.device"), ("data_dir", "data.data_dir")):
+    for flag, key in (
+        ("epochs", "train.epochs"),
+        ("seed", "train.seed"),
+        ("device", "train.device"),
+        ("data_dir", "data.data_dir"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
@@ -83,7 +104,13 @@ def run(args: argparse.Namespace) -> None:
     world = distributed.init(cfg.train.device)  # a rank of `torchrun --nproc_per_node N -m training ...`, or alone
     try:
         if args.command in ("train", "fit"):
-            train.fit(cfg, run_dir, resume=args.resume, progress=progress and world.is_main, command=reproduce_command(sys.argv[1:]))
+            train.fit(
+                cfg,
+                run_dir,
+                resume=args.resume,
+                progress=progress and world.is_main,
+                command=reproduce_command(sys.argv[1:]),
+            )
         if not world.is_main:
             return  # evaluation, report and export are rank 0's: the ranks hold the same weights
         if args.command in ("evaluate", "fit"):
@@ -122,15 +149,24 @@ def _evaluate(cfg: Config, run_dir: Path, progress: bool) -> None:
         raise FileNotFoundError(f"{best} not found: run `python -m training train {cfg.name}` first")
     trained_cfg, model, _ = train.load_checkpoint(best, cfg.train.device)
     # Evaluation settings come from the command line; the model's from its checkpoint.
-    trained_cfg = Config.from_dict({**trained_cfg.to_dict(), "eval": cfg.to_dict()["eval"], "train": cfg.to_dict()["train"]})
+    trained_cfg = Config.from_dict(
+        {**trained_cfg.to_dict(), "eval": cfg.to_dict()["eval"], "train": cfg.to_dict()["train"]}
+    )
     train.use_device(trained_cfg)
     splits = train.load_data(trained_cfg)
     metrics = train.evaluate(trained_cfg, model, splits, cfg.train.device, progress)
     metrics["dataset_sha256"] = splits.sha256
     (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
-    log.info("test: ELBO %.2f, log p(x) %.2f (IWAE K=%d), gap %.2f, KL %.2f, active units %d/%d",
-             metrics["test_elbo"], metrics["test_log_likelihood"], metrics["iwae_samples"], metrics["test_gap"],
-             metrics["test_kl"], metrics["active_units"], metrics["latent_dim"])
+    log.info(
+        "test: ELBO %.2f, log p(x) %.2f (IWAE K=%d), gap %.2f, KL %.2f, active units %d/%d",
+        metrics["test_elbo"],
+        metrics["test_log_likelihood"],
+        metrics["iwae_samples"],
+        metrics["test_gap"],
+        metrics["test_kl"],
+        metrics["active_units"],
+        metrics["latent_dim"],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

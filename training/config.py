@@ -91,7 +91,10 @@ class Config:
             (self.data.subset is None or self.data.subset > 0, "data.subset must be > 0"),
             (self.model.architecture in ("conv", "mlp"), "model.architecture must be 'conv' or 'mlp'"),
             (self.model.latent_dim >= 1, "model.latent_dim must be >= 1"),
-            (len(self.model.hidden) >= 1 and all(h >= 1 for h in self.model.hidden), "model.hidden must be positive widths"),
+            (
+                len(self.model.hidden) >= 1 and all(h >= 1 for h in self.model.hidden),
+                "model.hidden must be positive widths",
+            ),
             (self.model.likelihood in ("bernoulli", "gaussian"), "model.likelihood must be 'bernoulli' or 'gaussian'"),
             (self.model.sigma is None or self.model.sigma > 0, "model.sigma must be > 0 (or unset for a learned σ)"),
             (self.train.epochs >= 1, "train.epochs must be >= 1"),
@@ -100,7 +103,10 @@ class Config:
             (self.train.lr > 0, "train.lr must be > 0"),
             (self.train.beta >= 0, "train.beta must be >= 0"),
             (self.train.kl_warmup_epochs >= 0, "train.kl_warmup_epochs must be >= 0"),
-            (self.train.device == "cpu" or self.train.device.startswith("cuda"), "train.device must be 'cpu' or 'cuda[:N]'"),
+            (
+                self.train.device == "cpu" or self.train.device.startswith("cuda"),
+                "train.device must be 'cpu' or 'cuda[:N]'",
+            ),
             (self.eval.iwae_samples >= 1, "eval.iwae_samples must be >= 1"),
             (self.export.parity_tolerance > 0, "export.parity_tolerance must be > 0"),
         ]
@@ -135,7 +141,9 @@ def _coerce(value: Any, f: dataclasses.Field, key: str) -> Any:
             return None
         raise ConfigError(f"{key} may not be empty")
     if "tuple" in annotation:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
             raise ConfigError(f"{key} must be a list of integers, got {value!r}")
         return tuple(value)
     if annotation.startswith("bool"):

@@ -73,7 +73,9 @@ def shard(rows: int, world: World) -> slice:
 def wrap(model: torch.nn.Module, world: World, device: str) -> torch.nn.Module:
     if world.size == 1:
         return model
-    return DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
+    return DistributedDataParallel(
+        model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None
+    )
 
 
 def all_sum(values: torch.Tensor) -> torch.Tensor:

@@ -107,15 +107,23 @@ def graph_specs(model: VAE) -> dict[str, dict]:
 
 
 def _export_graph(module: nn.Module, example: tuple, spec: dict, path: Path, opset: int) -> None:
-    dynamic_axes = {name: {i: f"{name}_dim{i}" for i, d in enumerate(shape) if d == -1}
-                    for name, shape in {**spec["inputs"], **spec["outputs"]}.items()}
+    dynamic_axes = {
+        name: {i: f"{name}_dim{i}" for i, d in enumerate(shape) if d == -1}
+        for name, shape in {**spec["inputs"], **spec["outputs"]}.items()
+    }
     for name, axis in spec["batch_axes"].items():
         dynamic_axes[name][axis] = "batch"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, example, str(path), input_names=list(spec["inputs"]), output_names=list(spec["outputs"]),
-            dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False,
+            module,
+            example,
+            str(path),
+            input_names=list(spec["inputs"]),
+            output_names=list(spec["outputs"]),
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            dynamo=False,
         )
 
 
@@ -181,7 +189,9 @@ def sha256_of(path: Path) -> str:
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
+        ).stdout
         return out.stdout.strip() + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -195,7 +205,11 @@ def export_model(run_dir: Path, model_dir: Path, command: str | None = None, par
     if not eval_path.is_file():
         raise FileNotFoundError(f"{eval_path} not found: run `evaluate` before `export`")
     cfg, model, ckpt = load_checkpoint(best)
-    record = {"best_epoch": ckpt.get("best_epoch"), "epochs_run": ckpt.get("epoch"), "best_val_elbo": ckpt.get("best_val_elbo")}
+    record = {
+        "best_epoch": ckpt.get("best_epoch"),
+        "epochs_run": ckpt.get("epoch"),
+        "best_val_elbo": ckpt.get("best_val_elbo"),
+    }
     command = command or ckpt.get("command") or f"python -m training fit {cfg.name}"
     return write_model(cfg, model, json.loads(eval_path.read_text()), record, command, model_dir, parity_seed)
 
@@ -217,21 +231,29 @@ def reexport(model_dir: Path, parity_seed: int = 1234) -> dict:
             if tensor.name.startswith("model."):
                 state[tensor.name.removeprefix("model.")] = torch.from_numpy(numpy_helper.to_array(tensor).copy())
     if model.log_scale is not None:
-        decoder = ort.InferenceSession(str(model_dir / old["graphs"]["decoder"]["path"]), providers=["CPUExecutionProvider"])
+        decoder = ort.InferenceSession(
+            str(model_dir / old["graphs"]["decoder"]["path"]), providers=["CPUExecutionProvider"]
+        )
         log_scale = decoder.run(["log_scale"], {"z": np.zeros((1, cfg.model.latent_dim), np.float32)})[0]
         state["log_scale"] = torch.tensor(float(log_scale.reshape(-1)[0]))
     model.load_state_dict(state, strict=True)
     return write_model(cfg, model.eval(), old["metrics"], old["training"], old["command"], model_dir, parity_seed)
 
 
-def write_model(cfg: Config, model: VAE, metrics: dict, record: dict, command: str, model_dir: Path, parity_seed: int) -> dict:
+def write_model(
+    cfg: Config, model: VAE, metrics: dict, record: dict, command: str, model_dir: Path, parity_seed: int
+) -> dict:
     """The graphs, their shared weights and the manifest, after the parity check against torch."""
     model = model.float().cpu().eval()
     model_dir.mkdir(parents=True, exist_ok=True)
     specs = graph_specs(model)
     examples, fresh = parity_inputs(cfg.model.latent_dim, np.random.default_rng(parity_seed))
-    modules = {"encoder": EncoderGraph(model), "decoder": DecoderGraph(model),
-               "reparameterize": ReparameterizeGraph(), "score": ScoreGraph(model)}
+    modules = {
+        "encoder": EncoderGraph(model),
+        "decoder": DecoderGraph(model),
+        "reparameterize": ReparameterizeGraph(),
+        "score": ScoreGraph(model),
+    }
     for name, module in modules.items():
         example = tuple(torch.from_numpy(v) for v in examples[name].values())
         _export_graph(module, example, specs[name], model_dir / f"{name}.onnx", cfg.export.opset)
@@ -245,7 +267,9 @@ def write_model(cfg: Config, model: VAE, metrics: dict, record: dict, command: s
         log.info("exported %s (%d bytes), parity %s", path, path.stat().st_size, parity[name])
     worst = max(p["max_scaled_error"] for p in parity.values())
     if worst > cfg.export.parity_tolerance:
-        raise ExportError(f"ONNX parity check failed: error {worst:.3e} > tolerance {cfg.export.parity_tolerance:.1e} ({parity})")
+        raise ExportError(
+            f"ONNX parity check failed: error {worst:.3e} > tolerance {cfg.export.parity_tolerance:.1e} ({parity})"
+        )
     weights = model_dir / WEIGHTS_FILE
     weights_spec = {"path": WEIGHTS_FILE, "sha256": sha256_of(weights), "bytes": weights.stat().st_size}
     manifest = build_manifest(cfg, model, record, metrics, files, specs, parity, command, weights_spec)
@@ -258,13 +282,18 @@ def write_model(cfg: Config, model: VAE, metrics: dict, record: dict, command: s
 def parity_inputs(z_dim: int, rng: np.random.Generator) -> tuple[dict, dict]:
     """Inputs to trace each graph with, and inputs of fresh shapes: parity on both proves the
     dynamic axes rather than assuming them."""
+
     def normal(*shape):
         return rng.standard_normal(shape, dtype=np.float32)
 
     examples = {
         "encoder": {"x": rng.random((3, IMAGE_SIZE), dtype=np.float32)},
         "decoder": {"z": normal(4, z_dim)},
-        "reparameterize": {"mean": normal(5, z_dim), "log_var": normal(5, z_dim), "eps": normal(MAX_K_PARITY, 5, z_dim)},
+        "reparameterize": {
+            "mean": normal(5, z_dim),
+            "log_var": normal(5, z_dim),
+            "eps": normal(MAX_K_PARITY, 5, z_dim),
+        },
         "score": {"x": (rng.random((5, IMAGE_SIZE)) < 0.5).astype(np.float32), "eps": normal(MAX_K_PARITY, 5, z_dim)},
     }
     fresh = {
@@ -276,19 +305,34 @@ def parity_inputs(z_dim: int, rng: np.random.Generator) -> tuple[dict, dict]:
     return examples, fresh
 
 
-def build_manifest(cfg: Config, model: VAE, record: dict, metrics: dict, files: dict, specs: dict, parity: dict,
-                   command: str, weights: dict) -> dict:
+def build_manifest(
+    cfg: Config,
+    model: VAE,
+    record: dict,
+    metrics: dict,
+    files: dict,
+    specs: dict,
+    parity: dict,
+    command: str,
+    weights: dict,
+) -> dict:
     return {
         "manifest_version": MANIFEST_VERSION,
         "name": cfg.name,
         "version": cfg.version,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {"name": cfg.data.dataset, "sha256": metrics.get("dataset_sha256"),
-                    "validation_size": cfg.data.validation_size},
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "dataset": {
+            "name": cfg.data.dataset,
+            "sha256": metrics.get("dataset_sha256"),
+            "validation_size": cfg.data.validation_size,
+        },
         "preprocessing": {
             "scale": "pixel / 255, values in [0, 1]",
-            "binarization": ("train: dynamic Bernoulli draws; test: static, torch.rand(seed 0) < x"
-                             if cfg.model.likelihood == "bernoulli" else "none (continuous pixels)"),
+            "binarization": (
+                "train: dynamic Bernoulli draws; test: static, torch.rand(seed 0) < x"
+                if cfg.model.likelihood == "bernoulli"
+                else "none (continuous pixels)"
+            ),
         },
         "image_shape": [IMAGE_SHAPE[1], IMAGE_SHAPE[2], IMAGE_SHAPE[0]],  # (H, W, C)
         "latent_dim": cfg.model.latent_dim,
@@ -300,8 +344,7 @@ def build_manifest(cfg: Config, model: VAE, record: dict, metrics: dict, files: 
         "command": command,
         "git_commit": _git_commit(),
         "metrics": metrics,
-        "onnx": {"opset": cfg.export.opset, "parity": parity,
-                 "parity_tolerance": cfg.export.parity_tolerance},
+        "onnx": {"opset": cfg.export.opset, "parity": parity, "parity_tolerance": cfg.export.parity_tolerance},
         "graphs": {name: {**files[name], **specs[name]} for name in specs},
         "weights": weights,
     }

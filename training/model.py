@@ -36,10 +36,13 @@ class Encoder(nn.Module):
             c1, c2 = cfg.hidden[0], cfg.hidden[-1]
             self.body = nn.Sequential(
                 nn.Unflatten(1, IMAGE_SHAPE),  # (B, 1, 28, 28)
-                nn.Conv2d(1, c1, 4, stride=2, padding=1), nn.ELU(),  # (B, c1, 14, 14)
-                nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ELU(),  # (B, c2, 7, 7)
+                nn.Conv2d(1, c1, 4, stride=2, padding=1),
+                nn.ELU(),  # (B, c1, 14, 14)
+                nn.Conv2d(c1, c2, 4, stride=2, padding=1),
+                nn.ELU(),  # (B, c2, 7, 7)
                 nn.Flatten(),
-                nn.Linear(c2 * 49, cfg.dense), nn.ELU(),
+                nn.Linear(c2 * 49, cfg.dense),
+                nn.ELU(),
                 nn.Linear(cfg.dense, 2 * z),
             )
         else:
@@ -59,10 +62,13 @@ class Decoder(nn.Module):
         if cfg.architecture == "conv":
             c1, c2 = cfg.hidden[0], cfg.hidden[-1]
             self.body = nn.Sequential(
-                nn.Linear(z, cfg.dense), nn.ELU(),
-                nn.Linear(cfg.dense, c2 * 49), nn.ELU(),
+                nn.Linear(z, cfg.dense),
+                nn.ELU(),
+                nn.Linear(cfg.dense, c2 * 49),
+                nn.ELU(),
                 nn.Unflatten(1, (c2, 7, 7)),
-                nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.ELU(),  # (N, c1, 14, 14)
+                nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),
+                nn.ELU(),  # (N, c1, 14, 14)
                 nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1),  # (N, 1, 28, 28)
                 nn.Flatten(),
             )

@@ -59,11 +59,15 @@ def gaussian_log_likelihood(mean: torch.Tensor, log_scale: torch.Tensor, x: torc
 
 
 def decoder_mean(h: torch.Tensor) -> torch.Tensor:
-    """E[x|z] from the decoder's raw output h: sigmoid for both likelihoods (Bernoulli logits; Gaussian mean in [0, 1])."""
+    """E[x|z] from the decoder's raw output h: sigmoid for both likelihoods.
+
+    (Bernoulli: h are logits; Gaussian: the mean lies in [0, 1].)"""
     return torch.sigmoid(h)
 
 
-def decoder_outputs(likelihood: str, h: torch.Tensor, log_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def decoder_outputs(
+    likelihood: str, h: torch.Tensor, log_scale: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(E[x|z], the likelihood's parameter named ``PARAMETER[likelihood]``), each (N, D), from the
     decoder output h: Bernoulli logits h, or the Gaussian's log σ broadcast to every pixel."""
     if likelihood == "bernoulli":

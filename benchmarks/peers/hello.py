@@ -18,8 +18,15 @@ from fastapi.responses import Response
 def create_app() -> FastAPI:
     rng = np.random.default_rng(0)
     # The same shape as vae-serve's /sample n=1 answer, with float32 values: the same byte count.
-    body = orjson.dumps({"model": "fashion-mnist", "seed": 0, "latents": rng.standard_normal((1, 32), dtype=np.float32),
-                         "images": rng.random((1, 28, 28), dtype=np.float32)}, option=orjson.OPT_SERIALIZE_NUMPY)
+    body = orjson.dumps(
+        {
+            "model": "fashion-mnist",
+            "seed": 0,
+            "latents": rng.standard_normal((1, 32), dtype=np.float32),
+            "images": rng.random((1, 28, 28), dtype=np.float32),
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
     app = FastAPI()
 
     @app.post("/sample")

@@ -27,8 +27,9 @@ class OnnxAPI(ls.LitAPI):
 
     def setup(self, device):
         manifest = json.loads((MODEL_DIR / "manifest.json").read_text())
-        self.session = ort.InferenceSession(str(MODEL_DIR / manifest["graphs"][self.graph]["path"]),
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(MODEL_DIR / manifest["graphs"][self.graph]["path"]), providers=["CPUExecutionProvider"]
+        )
         self.latent_dim = manifest["latent_dim"]
 
     def batch(self, inputs):
@@ -46,14 +47,20 @@ class OnnxAPI(ls.LitAPI):
 
 class SampleAPI(OnnxAPI):
     def decode_request(self, request):
-        return {"z": np.random.default_rng().standard_normal((int(request.get("n", 1)), self.latent_dim), dtype=np.float32)}
+        return {
+            "z": np.random.default_rng().standard_normal((int(request.get("n", 1)), self.latent_dim), dtype=np.float32)
+        }
 
     def predict(self, feeds):
         images = self.run_rows(feeds, "image", {"z": 0})
         return [{"latents": f["z"], "images": i} for f, i in zip(feeds, images)]
 
     def encode_response(self, output):
-        return {"model": "fashion-mnist", "latents": output["latents"].tolist(), "images": output["images"].reshape(-1, 28, 28).tolist()}
+        return {
+            "model": "fashion-mnist",
+            "latents": output["latents"].tolist(),
+            "images": output["images"].reshape(-1, 28, 28).tolist(),
+        }
 
 
 class DecodeAPI(OnnxAPI):
@@ -85,7 +92,9 @@ class ElboAPI(OnnxAPI):
 
     def decode_request(self, request):
         x = np.asarray(request["inputs"], dtype=np.float32).reshape(-1, 784)
-        eps = np.random.default_rng(request.get("seed")).standard_normal((int(request.get("samples", 1)), len(x), self.latent_dim), dtype=np.float32)
+        eps = np.random.default_rng(request.get("seed")).standard_normal(
+            (int(request.get("samples", 1)), len(x), self.latent_dim), dtype=np.float32
+        )
         return {"x": x, "eps": eps}
 
     def predict(self, feeds):
@@ -103,8 +112,10 @@ class ElboAPI(OnnxAPI):
 
 
 def main(port: int) -> None:
-    apis = [cls(max_batch_size=MAX_BATCH_SIZE, batch_timeout=BATCH_TIMEOUT_S, api_path=path)
-            for cls, path in ((SampleAPI, "/sample"), (DecodeAPI, "/decode"), (EncodeAPI, "/encode"), (ElboAPI, "/elbo"))]
+    apis = [
+        cls(max_batch_size=MAX_BATCH_SIZE, batch_timeout=BATCH_TIMEOUT_S, api_path=path)
+        for cls, path in ((SampleAPI, "/sample"), (DecodeAPI, "/decode"), (EncodeAPI, "/encode"), (ElboAPI, "/elbo"))
+    ]
     server = ls.LitServer(apis, accelerator="cpu", workers_per_device=1, healthcheck_path="/health/ready")
     server.run(host="127.0.0.1", port=port, generate_client_file=False, log_level="warning")
 

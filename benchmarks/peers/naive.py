@@ -39,8 +39,10 @@ def npy(array: np.ndarray) -> Response:
 
 def create_app(model_dir: Path = MODEL_DIR) -> FastAPI:
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    sessions = {g: ort.InferenceSession(str(model_dir / manifest["graphs"][g]["path"]), providers=["CPUExecutionProvider"])
-                for g in ("encoder", "decoder", "score")}
+    sessions = {
+        g: ort.InferenceSession(str(model_dir / manifest["graphs"][g]["path"]), providers=["CPUExecutionProvider"])
+        for g in ("encoder", "decoder", "score")
+    }
     latent_dim = manifest["latent_dim"]
     app = FastAPI()
 

@@ -35,7 +35,9 @@ from .openapi import array_responses, request_doc
 # their solver costs about a tenth of /sample's time on the hot routes.
 router = APIRouter(tags=["inference"], default_response_class=arrays.NumpyJSONResponse)
 
-NPY_IMAGES = "float32 images (N, H, W), (N, H, W, C) or (N, H·W·C) of the model's image_shape, in [0, 1]; options in the query"
+NPY_IMAGES = (
+    "float32 images (N, H, W), (N, H, W, C) or (N, H·W·C) of the model's image_shape, in [0, 1]; options in the query"
+)
 NPY_LATENTS = "float32 latents, shape (N, latent_dim); options in the query string"
 
 _seeds = random.Random(secrets.randbits(128))  # seeds for requests that give none: unpredictable enough, no syscall
@@ -64,9 +66,13 @@ async def _images_request(request: Request, options_model):
     return options, model, x, eps
 
 
-@router.post("/encode", response_model=EncodeResponse, summary="q(z|x): posterior mean and log-variance (and samples)",
-             openapi_extra=request_doc(EncodeRequest, EncodeOptions, NPY_IMAGES),
-             responses=array_responses("mean", "mean, log_var and z"))
+@router.post(
+    "/encode",
+    response_model=EncodeResponse,
+    summary="q(z|x): posterior mean and log-variance (and samples)",
+    openapi_extra=request_doc(EncodeRequest, EncodeOptions, NPY_IMAGES),
+    responses=array_responses("mean", "mean, log_var and z"),
+)
 async def encode(request: Request):
     deadline = _admit(request)
     kind = arrays.negotiate(request.headers.get("accept"))
@@ -75,9 +81,13 @@ async def encode(request: Request):
     return arrays.answer(kind, "mean", out, {"model": model.name, **out}, {"X-Model": model.name})
 
 
-@router.post("/decode", response_model=ImagesResponse, summary="E[x|z]: the decoder's mean image for each latent",
-             openapi_extra=request_doc(DecodeRequest, DecodeOptions, NPY_LATENTS),
-             responses=array_responses("images", "images"))
+@router.post(
+    "/decode",
+    response_model=ImagesResponse,
+    summary="E[x|z]: the decoder's mean image for each latent",
+    openapi_extra=request_doc(DecodeRequest, DecodeOptions, NPY_LATENTS),
+    responses=array_responses("images", "images"),
+)
 async def decode(request: Request):
     deadline = _admit(request)
     kind = arrays.negotiate(request.headers.get("accept"))
@@ -91,8 +101,13 @@ async def decode(request: Request):
     return arrays.answer(kind, "images", {"images": images}, body, {"X-Model": model.name})
 
 
-@router.post("/sample", response_model=SampleResponse, summary="x ~ p(x): decode z ~ N(0, temperature² I)",
-             openapi_extra=request_doc(SampleRequest), responses=array_responses("images", "images and latents"))
+@router.post(
+    "/sample",
+    response_model=SampleResponse,
+    summary="x ~ p(x): decode z ~ N(0, temperature² I)",
+    openapi_extra=request_doc(SampleRequest),
+    responses=array_responses("images", "images and latents"),
+)
 async def sample(request: Request):
     deadline = _admit(request)
     kind = arrays.negotiate(request.headers.get("accept"))
@@ -108,9 +123,13 @@ async def sample(request: Request):
     return arrays.answer(kind, "images", {"images": images, "latents": z}, body, headers)
 
 
-@router.post("/elbo", response_model=ElboResponse, summary="ELBO, its terms and the IWAE log p(x), per input, in nats",
-             openapi_extra=request_doc(ElboRequest, ElboOptions, NPY_IMAGES),
-             responses=array_responses("log_likelihood", "elbo, reconstruction, kl, log_likelihood and gap"))
+@router.post(
+    "/elbo",
+    response_model=ElboResponse,
+    summary="ELBO, its terms and the IWAE log p(x), per input, in nats",
+    openapi_extra=request_doc(ElboRequest, ElboOptions, NPY_IMAGES),
+    responses=array_responses("log_likelihood", "elbo, reconstruction, kl, log_likelihood and gap"),
+)
 async def elbo(request: Request):
     deadline = _admit(request)
     kind = arrays.negotiate(request.headers.get("accept"))

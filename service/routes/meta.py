@@ -61,8 +61,11 @@ async def get_model(name: Annotated[str, Path(examples=["fashion-mnist"])], regi
 
 
 @router.get("/models/{name}/report/{file}", tags=["models"], summary="a figure from the model's training report")
-async def report_file(name: Annotated[str, Path(examples=["fashion-mnist"])], file: Annotated[str, Path(examples=["samples.png"])],
-                      registry: RegistryDep) -> FileResponse:
+async def report_file(
+    name: Annotated[str, Path(examples=["fashion-mnist"])],
+    file: Annotated[str, Path(examples=["samples.png"])],
+    registry: RegistryDep,
+) -> FileResponse:
     registry.resolve(name)
     path = report_files(registry, name).get(file)  # only names listed from the folder: no path tricks
     if path is None:

@@ -23,7 +23,9 @@ from ..runtime import ModelRuntime
 # Examples in OpenAPI, so a client (or schemathesis) finds a real model to call.
 ModelName = Annotated[str, Path(description="<model>-<graph>", examples=["fashion-mnist-decoder"])]
 
-router = APIRouter(prefix=OIP_PREFIX, tags=["open inference protocol (KServe v2)"], default_response_class=NumpyJSONResponse)
+router = APIRouter(
+    prefix=OIP_PREFIX, tags=["open inference protocol (KServe v2)"], default_response_class=NumpyJSONResponse
+)
 
 
 def _registry(request: Request) -> Registry:
@@ -68,7 +70,9 @@ async def server_live() -> Response:
     return Response(status_code=200)
 
 
-@router.get("/health/ready", summary="200 once every model is loaded and warmed up (empty body)", response_class=Response)
+@router.get(
+    "/health/ready", summary="200 once every model is loaded and warmed up (empty body)", response_class=Response
+)
 async def server_ready(request: Request) -> Response:
     if problem := not_ready(request):
         raise ServiceUnavailable(f"not ready: {problem}")
@@ -77,8 +81,13 @@ async def server_ready(request: Request) -> Response:
 
 @router.get("/models/stats", summary="statistics of every model", dependencies=KEYED)
 async def all_stats(request: Request) -> dict:
-    return {"model_stats": [runtime.stats[graph].report(f"{model}-{graph}", runtime.manifest.version)
-                            for model, runtime in _registry(request).models.items() for graph in runtime.batchers]}
+    return {
+        "model_stats": [
+            runtime.stats[graph].report(f"{model}-{graph}", runtime.manifest.version)
+            for model, runtime in _registry(request).models.items()
+            for graph in runtime.batchers
+        ]
+    }
 
 
 @router.get("/models/{name}", summary="model metadata: inputs and outputs with datatypes and shapes")
@@ -89,7 +98,11 @@ async def metadata(name: ModelName, request: Request, version: str | None = None
 
 
 @router.get("/models/{name}/ready", summary="200 when the model can serve (empty body)", response_class=Response)
-@router.get("/models/{name}/versions/{version}/ready", summary="200 when this version can serve (empty body)", response_class=Response)
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="200 when this version can serve (empty body)",
+    response_class=Response,
+)
 async def model_ready(name: ModelName, request: Request, version: str | None = None) -> Response:
     _graph(_registry(request), name, version)
     if problem := not_ready(request):

@@ -15,8 +15,13 @@ def request_doc(request_model: type[BaseModel], options: type[BaseModel] | None 
         content[NPY] = {"schema": {"type": "string", "format": "binary", "description": npy}}
         properties = options.model_json_schema()["properties"]
         doc["parameters"] = [
-            {"name": name, "in": "query", "required": False, "schema": properties[name],
-             "description": f"(NPY bodies) {field.description or name}"}
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": properties[name],
+                "description": f"(NPY bodies) {field.description or name}",
+            }
             for name, field in options.model_fields.items()
         ]
     return doc
@@ -24,5 +29,7 @@ def request_doc(request_model: type[BaseModel], options: type[BaseModel] | None 
 
 def array_responses(main: str, others: str) -> dict:
     binary = {"schema": {"type": "string", "format": "binary"}}
-    description = f"JSON; or with Accept: {NPY} the {main} array (X-Array names it), with Accept: {NPZ} an .npz of {others}"
+    description = (
+        f"JSON; or with Accept: {NPY} the {main} array (X-Array names it), with Accept: {NPZ} an .npz of {others}"
+    )
     return {200: {"description": description, "content": {NPY: binary, NPZ: binary}}}

@@ -59,9 +59,31 @@ def test_wrk_counts_requests_errors_and_latency(tmp_path):
 
 
 def test_a_short_run_writes_the_tables_targets_and_plot(tmp_path):
-    command = [sys.executable, "-m", "benchmarks", "--duration", "1", "--concurrency", "1", "8",
-               "--peers", "vae-serve", "naive FastAPI", "hello (HTTP floor)", "--scenarios", "sample n=1", "decode",
-               "--cold-starts", "1", "--soak-requests", "300", "--soak-stretch", "1", "--out", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "--duration",
+        "1",
+        "--concurrency",
+        "1",
+        "8",
+        "--peers",
+        "vae-serve",
+        "naive FastAPI",
+        "hello (HTTP floor)",
+        "--scenarios",
+        "sample n=1",
+        "decode",
+        "--cold-starts",
+        "1",
+        "--soak-requests",
+        "300",
+        "--soak-stretch",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     subprocess.run(command, cwd=ROOT, check=True, timeout=600, capture_output=True)
     results = json.loads((tmp_path / "results.json").read_text())
     seen = {(r["peer"], r["scenario"], r["connections"]) for r in results["runs"]}
@@ -77,13 +99,30 @@ def test_a_short_run_writes_the_tables_targets_and_plot(tmp_path):
 
 def test_targets_are_judged_from_the_measured_ratios():
     run = lambda peer, scenario, c, rps, p50=10e3, p99=20e3, rows=1: {  # noqa: E731
-        "peer": peer, "scenario": scenario, "connections": c, "rps": rps, "rows_per_s": rps * rows,
-        "p50_us": p50, "p99_us": p99, "errors": 0, "format": "json"}
-    results = {"machine": {"date": "d", "cpu": "c", "cores": 2, "memory_gib": 1, "python": "3", "onnxruntime": "1"},
-               "model": "m", "duration_s": 1, "concurrency": [64], "inprocess": {"decode 256": 1000.0},
-               "runs": [run("vae-serve", "sample n=1", 64, 3000), run("naive FastAPI", "sample n=1", 64, 2000),
-                        run("LitServe", "sample n=1", 64, 500), run("vae-serve", "decode 256", 64, 1, p99=40e3, rows=256)],
-               "cold_start_s": [0.5, 3.0, 0.7]}
+        "peer": peer,
+        "scenario": scenario,
+        "connections": c,
+        "rps": rps,
+        "rows_per_s": rps * rows,
+        "p50_us": p50,
+        "p99_us": p99,
+        "errors": 0,
+        "format": "json",
+    }
+    results = {
+        "machine": {"date": "d", "cpu": "c", "cores": 2, "memory_gib": 1, "python": "3", "onnxruntime": "1"},
+        "model": "m",
+        "duration_s": 1,
+        "concurrency": [64],
+        "inprocess": {"decode 256": 1000.0},
+        "runs": [
+            run("vae-serve", "sample n=1", 64, 3000),
+            run("naive FastAPI", "sample n=1", 64, 2000),
+            run("LitServe", "sample n=1", 64, 500),
+            run("vae-serve", "decode 256", 64, 1, p99=40e3, rows=256),
+        ],
+        "cold_start_s": [0.5, 3.0, 0.7],
+    }
     judged = {name: (value, ok) for name, value, ok in targets(results)}
     assert judged["/sample n=1 JSON at c=64 ≥ 1× naive FastAPI"] == ("1.50×", True)
     assert judged["/sample n=1 JSON at c=64 ≥ 10× LitServe"] == ("6.00×", False)
@@ -91,5 +130,7 @@ def test_targets_are_judged_from_the_measured_ratios():
     assert judged["/decode 256 NPY ≥ 0.3× in-process onnxruntime rows/s"][1] is False  # 256 of 1000 rows/s
     assert judged["cold start (spawn → ready) ≤ 2 s on CPU"] == ("0.70 s median of 3", True)
     report = markdown(results)
-    assert "| 64 | n/a | 1.50× | 6.00× | n/a | n/a |" in report  # sample n=1: ÷ no batching, naive, LitServe, hello, in-process
+    assert (
+        "| 64 | n/a | 1.50× | 6.00× | n/a | n/a |" in report
+    )  # sample n=1: ÷ no batching, naive, LitServe, hello, in-process
     assert "| **no** |" in report and "| yes |" in report

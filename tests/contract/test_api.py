@@ -34,7 +34,9 @@ def test_models_describe_the_shipped_models(client, models):
         assert m["metrics"]["test_nll"] > 0 or m["likelihood"] == "gaussian"
         assert "test_log_likelihood" in m["metrics"] and "active_units" in m["metrics"]
     assert models["fashion-mnist-2d"]["latent_dim"] == 2
-    assert models["fashion-mnist-gaussian"]["likelihood"] == "gaussian" and models["fashion-mnist-gaussian"]["sigma"] > 0
+    assert (
+        models["fashion-mnist-gaussian"]["likelihood"] == "gaussian" and models["fashion-mnist-gaussian"]["sigma"] > 0
+    )
     one = client.get("/models/fashion-mnist")
     assert one.status_code == 200 and one.json()["name"] == "fashion-mnist" and one.json()["default"] is True
     missing = client.get("/models/nope")
@@ -125,7 +127,7 @@ def test_elbo_kl_equals_the_closed_form_from_encode(client):
     x = images(6, seed=8)
     enc = client.post("/encode", json={"inputs": x}).json()
     mean, log_var = np.asarray(enc["mean"]), np.asarray(enc["log_var"])
-    closed = 0.5 * (np.exp(log_var) + mean ** 2 - 1 - log_var).sum(1)
+    closed = 0.5 * (np.exp(log_var) + mean**2 - 1 - log_var).sum(1)
     kl = np.asarray(client.post("/elbo", json={"inputs": x, "samples": 3, "seed": 1}).json()["kl"])
     np.testing.assert_allclose(kl, closed, atol=1e-4, rtol=1e-5)
 
@@ -134,8 +136,14 @@ def test_elbo_scores_real_looking_images_above_noise(client):
     """An anomaly score: the decoder's own samples are far likelier than random pixels."""
     sample = client.post("/sample", json={"n": 4, "seed": 2}).json()
     binarized = (np.asarray(sample["images"]).reshape(4, 784) > 0.5).astype(float).tolist()
-    typical = np.asarray(client.post("/elbo", json={"inputs": binarized, "samples": 50, "seed": 0}).json()["log_likelihood"])
-    noise = np.asarray(client.post("/elbo", json={"inputs": images(4, seed=1, binary=True), "samples": 50, "seed": 0}).json()["log_likelihood"])
+    typical = np.asarray(
+        client.post("/elbo", json={"inputs": binarized, "samples": 50, "seed": 0}).json()["log_likelihood"]
+    )
+    noise = np.asarray(
+        client.post("/elbo", json={"inputs": images(4, seed=1, binary=True), "samples": 50, "seed": 0}).json()[
+            "log_likelihood"
+        ]
+    )
     assert typical.min() > noise.max() + 100
 
 
@@ -172,7 +180,12 @@ def test_metrics_are_prometheus_text(client):
 def test_openapi_documents_every_endpoint_with_an_example(client):
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
-    for path, title in (("/encode", "EncodeRequest"), ("/decode", "DecodeRequest"), ("/sample", "SampleRequest"), ("/elbo", "ElboRequest")):
+    for path, title in (
+        ("/encode", "EncodeRequest"),
+        ("/decode", "DecodeRequest"),
+        ("/sample", "SampleRequest"),
+        ("/elbo", "ElboRequest"),
+    ):
         operation = spec["paths"][path]["post"]
         body = operation["requestBody"]["content"]
         assert body["application/json"]["schema"]["title"] == title and body["application/json"]["schema"]["examples"]
@@ -188,11 +201,17 @@ def test_report_figures_are_served_and_nothing_else(client, models):
     assert {"latent_map.png", "latent_map.json", "samples.png"} <= set(models["fashion-mnist"]["report"])
     assert "manifold.png" in models["fashion-mnist-2d"]["report"]
     figure = client.get("/models/fashion-mnist/report/samples.png")
-    assert figure.status_code == 200 and figure.headers["content-type"] == "image/png" and figure.content[:4] == b"\x89PNG"
+    assert (
+        figure.status_code == 200 and figure.headers["content-type"] == "image/png" and figure.content[:4] == b"\x89PNG"
+    )
     geometry = client.get("/models/fashion-mnist-2d/report/latent_map.json").json()
     assert geometry["components"] == [[1.0, 0.0], [0.0, 1.0]]
-    for path in ("/models/fashion-mnist/report/..%2Fmanifest.json", "/models/fashion-mnist/report/nope.png",
-                 "/models/nope/report/samples.png", "/models/fashion-mnist/report/%2E%2E"):
+    for path in (
+        "/models/fashion-mnist/report/..%2Fmanifest.json",
+        "/models/fashion-mnist/report/nope.png",
+        "/models/nope/report/samples.png",
+        "/models/fashion-mnist/report/%2E%2E",
+    ):
         assert client.get(path).status_code == 404, path
 
 

@@ -54,7 +54,9 @@ def test_elbo_npy_returns_log_likelihood_and_npz_every_term(client):
     x = images(4, seed=3)
     headers = {"content-type": NPY}
     main = load(client.post("/elbo?samples=16&seed=1", content=npy(x), headers={**headers, "accept": NPY}))
-    archive = np.load(io.BytesIO(client.post("/elbo?samples=16&seed=1", content=npy(x), headers={**headers, "accept": NPZ}).content))
+    archive = np.load(
+        io.BytesIO(client.post("/elbo?samples=16&seed=1", content=npy(x), headers={**headers, "accept": NPZ}).content)
+    )
     as_json = client.post("/elbo", json={"inputs": x.tolist(), "samples": 16, "seed": 1}).json()
     assert main.shape == (4,)
     np.testing.assert_array_equal(main, np.asarray(as_json["log_likelihood"], dtype=np.float32))
@@ -72,19 +74,22 @@ def test_sample_answers_npy_with_the_seed_in_a_header(client):
     np.testing.assert_array_equal(images_, np.asarray(as_json["images"], dtype=np.float32))
 
 
-@pytest.mark.parametrize("path, query, body, field, message", [
-    ("/decode", "", npy(np.zeros((2, 5))), "latents", "expected 32 numbers"),
-    ("/decode", "", b"not npy at all", "latents", "magic"),
-    ("/decode", "", npy(np.zeros((2, 32)))[:-8], "latents", "bytes of data"),
-    ("/encode", "", npy(np.full((1, 784), 2.0)), "inputs", "outside [0, 1]"),
-    ("/encode", "", npy(np.full((1, 784), np.nan)), "inputs", "non-finite"),
-    ("/encode", "", npy(np.zeros((1, 27, 28))), "inputs", "got shape [27, 28]"),
-    ("/encode", "", npy(np.zeros((0, 784))), "inputs", "at least 1"),
-    ("/elbo", "?samples=0", npy(images(1)), "samples", "greater than or equal to 1"),
-    ("/elbo", "?samples=many", npy(images(1)), "samples", "valid integer"),
-    ("/elbo", "?colour=red", npy(images(1)), "colour", "Extra inputs are not permitted"),
-    ("/encode", "", npy(np.zeros((257, 784))), "inputs", "limit of 256"),
-])
+@pytest.mark.parametrize(
+    "path, query, body, field, message",
+    [
+        ("/decode", "", npy(np.zeros((2, 5))), "latents", "expected 32 numbers"),
+        ("/decode", "", b"not npy at all", "latents", "magic"),
+        ("/decode", "", npy(np.zeros((2, 32)))[:-8], "latents", "bytes of data"),
+        ("/encode", "", npy(np.full((1, 784), 2.0)), "inputs", "outside [0, 1]"),
+        ("/encode", "", npy(np.full((1, 784), np.nan)), "inputs", "non-finite"),
+        ("/encode", "", npy(np.zeros((1, 27, 28))), "inputs", "got shape [27, 28]"),
+        ("/encode", "", npy(np.zeros((0, 784))), "inputs", "at least 1"),
+        ("/elbo", "?samples=0", npy(images(1)), "samples", "greater than or equal to 1"),
+        ("/elbo", "?samples=many", npy(images(1)), "samples", "valid integer"),
+        ("/elbo", "?colour=red", npy(images(1)), "colour", "Extra inputs are not permitted"),
+        ("/encode", "", npy(np.zeros((257, 784))), "inputs", "limit of 256"),
+    ],
+)
 def test_bad_npy_requests_are_422_naming_the_field(client, path, query, body, field, message):
     response = client.post(path + query, content=body, headers={"content-type": NPY})
     assert response.status_code == 422, response.text
@@ -116,19 +121,24 @@ def png_b64(pixels: np.ndarray) -> str:
 def test_base64_png_inputs_score_like_the_same_pixels_as_numbers(client):
     pixels = (np.random.default_rng(4).random((2, 28, 28)) < 0.3).astype(np.uint8) * 255
     as_png = client.post("/elbo", json={"inputs": [png_b64(p) for p in pixels], "samples": 4, "seed": 3}).json()
-    as_numbers = client.post("/elbo", json={"inputs": (pixels / 255.0).reshape(2, 784).tolist(), "samples": 4, "seed": 3}).json()
+    as_numbers = client.post(
+        "/elbo", json={"inputs": (pixels / 255.0).reshape(2, 784).tolist(), "samples": 4, "seed": 3}
+    ).json()
     assert as_png["log_likelihood"] == as_numbers["log_likelihood"]
     data_url = client.post("/encode", json={"inputs": ["data:image/png;base64," + png_b64(pixels[0])]})
     assert data_url.status_code == 200
 
 
-@pytest.mark.parametrize("item, message", [
-    ("not base64!", "not valid base64"),
-    ("aGVsbG8=", "not a PNG image"),
-    (png_b64(np.zeros((29, 28))), "PNG is 28×29; expected 28×28"),
-    ("A" * 70000, "over the 65536 allowed"),
-    (png_b64(np.zeros((28, 28)))[:60] + "AAAA" * 10, "corrupt"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("not base64!", "not valid base64"),
+        ("aGVsbG8=", "not a PNG image"),
+        (png_b64(np.zeros((29, 28))), "PNG is 28×29; expected 28×28"),
+        ("A" * 70000, "over the 65536 allowed"),
+        (png_b64(np.zeros((28, 28)))[:60] + "AAAA" * 10, "corrupt"),
+    ],
+)
 def test_hostile_png_inputs_are_422_before_decoding(client, item, message):
     response = client.post("/encode", json={"inputs": [item]})
     assert response.status_code == 422, response.text

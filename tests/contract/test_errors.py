@@ -2,6 +2,7 @@
 
 import json
 
+import httpx
 import pytest
 
 GOOD = [[0.0] * 784]
@@ -36,7 +37,12 @@ def detail_text(response):
         ("/elbo", {"inputs": GOOD, "samples": 0}, "samples", "greater than or equal to 1"),
         ("/elbo", {"inputs": GOOD, "samples": 501}, "samples", "limit of 500"),
         ("/elbo", {"inputs": [[0.5] * 10]}, "inputs", "expected 784 numbers"),
-        ("/elbo", {"inputs": GOOD * 41, "samples": 500}, "samples", "20500 samples × inputs is over this server's limit of 20000"),
+        (
+            "/elbo",
+            {"inputs": GOOD * 41, "samples": 500},
+            "samples",
+            "20500 samples × inputs is over this server's limit of 20000",
+        ),
         ("/encode", {"inputs": GOOD * 41, "samples": 500}, "samples", "samples × inputs is over"),
     ],
 )
@@ -56,10 +62,15 @@ def test_non_finite_numbers_are_rejected(client, path, token):
     assert "inputs" in detail_text(response)
 
 
-@pytest.mark.parametrize("body, field", [
-    ('{"n": 1e400}', "n"), ('{"n": 1, "temperature": NaN}', "temperature"),
-    ('{"n": 1, "temperature": Infinity}', "temperature"), ('{"n": 1, "seed": -1e999}', "seed"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ('{"n": 1e400}', "n"),
+        ('{"n": 1, "temperature": NaN}', "temperature"),
+        ('{"n": 1, "temperature": Infinity}', "temperature"),
+        ('{"n": 1, "seed": -1e999}', "seed"),
+    ],
+)
 def test_non_finite_options_are_422_not_500(client, body, field):
     response = client.post("/sample", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
@@ -94,7 +105,12 @@ def test_malformed_json_is_422(client):
 
 
 def test_unknown_model_is_404(client):
-    for path, body in (("/sample", {"n": 1}), ("/encode", {"inputs": GOOD}), ("/decode", {"latents": [[0.0]]}), ("/elbo", {"inputs": GOOD})):
+    for path, body in (
+        ("/sample", {"n": 1}),
+        ("/encode", {"inputs": GOOD}),
+        ("/decode", {"latents": [[0.0]]}),
+        ("/elbo", {"inputs": GOOD}),
+    ):
         response = client.post(path, json={**body, "model": "no-such-model"})
         assert response.status_code == 404 and "no-such-model" in response.json()["detail"]
 
@@ -106,14 +122,17 @@ def test_oversized_body_is_413(client):
     assert response.status_code == 413 and "too large" in response.json()["detail"]
 
 
-def test_oversized_chunked_body_is_413(client):
+def test_oversized_chunked_body_is_413(server):
+    """A body streamed in chunks, with no Content-Length: the limit holds while it arrives."""
+
     def chunks():
         yield b'{"inputs": ['
         for _ in range(1000):
             yield b"[" + b",".join([b"0.123456"] * 784) + b"],"
         yield b"[0]]}"
 
-    response = client.post("/encode", content=chunks(), headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    response = httpx.post(server + "/encode", content=chunks(), headers=headers, timeout=60)
     assert response.status_code == 413
 
 

@@ -17,8 +17,15 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("VAE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 CHROMIUM = "/usr/bin/chromium"  # Debian's package: Playwright never downloads a browser here
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-quic"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 # Pixel statistics of an <img>, read back through a canvas: proves a real picture was decoded.
 IMAGE_STATS = """(img) => {
@@ -27,7 +34,8 @@ IMAGE_STATS = """(img) => {
   const d = ctx.getImageData(0, 0, c.width, c.height).data;
   let sum = 0, sum2 = 0, n = d.length / 4;
   for (let i = 0; i < d.length; i += 4) { sum += d[i]; sum2 += d[i] * d[i]; }
-  return {w: img.naturalWidth, h: img.naturalHeight, mean: sum / n, std: Math.sqrt(Math.max(0, sum2 / n - (sum / n) ** 2))};
+  const std = Math.sqrt(Math.max(0, sum2 / n - (sum / n) ** 2));
+  return {w: img.naturalWidth, h: img.naturalHeight, mean: sum / n, std: std};
 }"""
 
 
@@ -46,7 +54,10 @@ def page(browser, server, request):
     errors = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("response", lambda response: errors.append(f"{response.status} {response.url}") if response.status >= 400 else None)
+    page.on(
+        "response",
+        lambda response: errors.append(f"{response.status} {response.url}") if response.status >= 400 else None,
+    )
     page.goto(server + "/")
     expect(page.locator("#sample-grid img")).to_have_count(16, timeout=20_000)
     yield page
@@ -57,8 +68,11 @@ def page(browser, server, request):
 
 
 def loaded(page, selector: str, timeout: float = 15_000) -> dict:
-    page.wait_for_function("(s) => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; }",
-                           arg=selector, timeout=timeout)
+    page.wait_for_function(
+        "(s) => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; }",
+        arg=selector,
+        timeout=timeout,
+    )
     return page.locator(selector).evaluate(IMAGE_STATS)
 
 
@@ -66,7 +80,9 @@ def test_page_loads_with_the_default_model_and_a_grid_of_real_samples(page):
     expect(page.locator("#model")).to_have_value("fashion-mnist")
     expect(page.locator('#metadata dd[data-field="latent dim"]')).to_have_text("32")
     expect(page.locator('#metadata dd[data-field="likelihood"]')).to_have_text("bernoulli")
-    page.wait_for_function("() => [...document.querySelectorAll('#sample-grid img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#sample-grid img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     stats = page.locator("#sample-grid img").evaluate_all(f"(imgs) => imgs.map({IMAGE_STATS})")
     assert all(s["w"] == 28 and s["h"] == 28 for s in stats)
     assert all(s["std"] > 10 for s in stats)  # not blank: each sample has an object on a background
@@ -150,7 +166,10 @@ def test_uploading_an_image_encodes_and_scores_it(page, tmp_path):
     Image.fromarray(pixels, mode="L").save(tmp_path / "upload.png")
     page.set_input_files("#upload", str(tmp_path / "upload.png"))
     expect(page.locator("#score-log_likelihood")).to_have_text(re.compile(r"^-?\d+\.\d\d$"), timeout=15_000)
-    drawn = page.locator("#pad").evaluate("(c) => Array.from(c.getContext('2d').getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 == 0 && v > 128).length")
+    drawn = page.locator("#pad").evaluate(
+        "(c) => Array.from(c.getContext('2d').getImageData(0, 0, 28, 28).data)"
+        ".filter((v, i) => i % 4 == 0 && v > 128).length"
+    )
     assert 150 < drawn < 350  # about 20 × 12 bright pixels landed on the 28×28 pad
     assert loaded(page, "#reconstruction")["std"] > 10
 
@@ -172,3 +191,27 @@ def test_with_api_keys_the_page_asks_for_one_and_then_works(browser, tmp_path):
         context.close()
     finally:
         server.stop()
+
+
+def test_the_api_docs_render_with_the_network_cut(browser, server):
+    """/docs loads Swagger UI from the service itself: with every request off 127.0.0.1 refused,
+    the page still lists the operations."""
+    context = browser.new_context()
+    outside = []
+
+    def only_loopback(route):
+        if route.request.url.startswith(server):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()
+
+    context.route("**/*", only_loopback)
+    page = context.new_page()
+    page.goto(server + "/docs")
+    expect(page.locator(".opblock-summary-path").first).to_be_visible(timeout=20_000)
+    paths = set(page.locator(".opblock-summary-path").all_inner_texts())
+    assert {"/encode", "/decode", "/sample", "/elbo", "/v2/models/{name}/infer"} <= {p.strip() for p in paths}
+    assert outside == []  # nothing was even asked of the internet
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "docs-offline.png")
+    context.close()

@@ -20,7 +20,11 @@ import pytest
 
 from .conftest import ROOT, start_server
 
-HEAVY = {"inputs": (np.eye(40, 784) > 0).astype(float).tolist(), "samples": 500, "seed": 0}  # 20,000 decoder rows: ~1.5 s
+HEAVY = {
+    "inputs": (np.eye(40, 784) > 0).astype(float).tolist(),
+    "samples": 500,
+    "seed": 0,
+}  # 20,000 decoder rows: ~1.5 s
 
 
 def images(n, seed=0):
@@ -49,8 +53,13 @@ def rss_mb(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def busy_server(tmp_path_factory):
-    server, url = start_server(ROOT / "models", tmp_path_factory.mktemp("busy") / "server.log",
-                                max_concurrent_runs=1, max_queue_rows=40000, max_sample_rows=40000)
+    server, url = start_server(
+        ROOT / "models",
+        tmp_path_factory.mktemp("busy") / "server.log",
+        max_concurrent_runs=1,
+        max_queue_rows=40000,
+        max_sample_rows=40000,
+    )
     yield url
     server.stop()
 
@@ -69,8 +78,15 @@ def test_requests_still_queued_at_their_deadline_get_504_and_never_reach_ort(bus
     rows_before = score_metric(busy_server, "vae_batch_rows_sum")
     dropped_before = score_metric(busy_server, "vae_dropped_requests_total", reason="deadline")
     started = time.perf_counter()
-    blocker, late = asyncio.run(behind_a_heavy_request(busy_server, lambda c: [
-        c.post("/elbo", json={"inputs": images(1), "samples": 8}, headers={"X-Timeout-Ms": "150"}) for _ in range(5)]))
+    blocker, late = asyncio.run(
+        behind_a_heavy_request(
+            busy_server,
+            lambda c: [
+                c.post("/elbo", json={"inputs": images(1), "samples": 8}, headers={"X-Timeout-Ms": "150"})
+                for _ in range(5)
+            ],
+        )
+    )
     assert blocker.status_code == 200
     assert [r.status_code for r in late] == [504] * 5
     assert all("deadline" in r.json()["detail"] for r in late)
@@ -80,11 +96,18 @@ def test_requests_still_queued_at_their_deadline_get_504_and_never_reach_ort(bus
 
 
 def test_oip_parameters_timeout_drops_a_queued_request_with_504(busy_server):
-    body = {"parameters": {"timeout": 150_000}, "inputs": [
-        {"name": "x", "shape": [1, 784], "datatype": "FP32", "data": images(1)[0]},
-        {"name": "eps", "shape": [4, 1, 32], "datatype": "FP32", "data": [0.0] * 128}]}
-    blocker, (late,) = asyncio.run(behind_a_heavy_request(busy_server, lambda c: [
-        c.post("/v2/models/fashion-mnist-score/infer", content=json.dumps(body))]))
+    body = {
+        "parameters": {"timeout": 150_000},
+        "inputs": [
+            {"name": "x", "shape": [1, 784], "datatype": "FP32", "data": images(1)[0]},
+            {"name": "eps", "shape": [4, 1, 32], "datatype": "FP32", "data": [0.0] * 128},
+        ],
+    }
+    blocker, (late,) = asyncio.run(
+        behind_a_heavy_request(
+            busy_server, lambda c: [c.post("/v2/models/fashion-mnist-score/infer", content=json.dumps(body))]
+        )
+    )
     assert blocker.status_code == 200 and late.status_code == 504
     assert "parameters.timeout" in late.json()["error"]
 
@@ -100,7 +123,10 @@ def test_clients_that_disconnect_have_their_queued_work_cancelled(busy_server):
     assert blocker.status_code == 200
     assert all(isinstance(r, httpx.TimeoutException) for r in gone)
     deadline = time.monotonic() + 5
-    while score_metric(busy_server, "vae_dropped_requests_total", reason="cancelled") < dropped_before + 4 and time.monotonic() < deadline:
+    while (
+        score_metric(busy_server, "vae_dropped_requests_total", reason="cancelled") < dropped_before + 4
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     assert score_metric(busy_server, "vae_dropped_requests_total", reason="cancelled") == dropped_before + 4
     assert score_metric(busy_server, "vae_batch_rows_sum") == rows_before + 40  # none of the 8 abandoned images ran
@@ -110,12 +136,16 @@ def test_a_burst_far_over_capacity_gets_only_200s_and_503s(tmp_path):
     server, url = start_server(ROOT / "models", tmp_path / "server.log", max_concurrent_runs=1, max_queue_rows=2048)
     try:
         x = images(2, seed=9)
-        reference = httpx.post(f"{url}/elbo", json={"inputs": x, "samples": 64, "seed": 5}, timeout=60).json()["log_likelihood"]
+        reference = httpx.post(f"{url}/elbo", json={"inputs": x, "samples": 64, "seed": 5}, timeout=60).json()[
+            "log_likelihood"
+        ]
 
         async def burst():
             limits = httpx.Limits(max_connections=400)
             async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-                return await asyncio.gather(*(client.post("/elbo", json={"inputs": x, "samples": 64, "seed": 5}) for _ in range(400)))
+                return await asyncio.gather(
+                    *(client.post("/elbo", json={"inputs": x, "samples": 64, "seed": 5}) for _ in range(400))
+                )
 
         responses = asyncio.run(burst())  # 400 × 128 decoder rows against a 2048-row queue
         codes = [r.status_code for r in responses]
@@ -130,8 +160,9 @@ def test_a_burst_far_over_capacity_gets_only_200s_and_503s(tmp_path):
 
 
 def test_sigterm_drains_hundreds_of_accepted_requests_then_exits_0(tmp_path):
-    server, url = start_server(ROOT / "models", tmp_path / "server.log", max_concurrent_runs=1,
-                                max_queue_rows=100000, shutdown_grace_s=60)
+    server, url = start_server(
+        ROOT / "models", tmp_path / "server.log", max_concurrent_runs=1, max_queue_rows=100000, shutdown_grace_s=60
+    )
     body = {"inputs": images(2, seed=1), "samples": 50, "seed": 2}  # 300 × 100 decoder rows: a few seconds of work
 
     async def scenario():
@@ -158,8 +189,9 @@ def test_sigterm_drains_hundreds_of_accepted_requests_then_exits_0(tmp_path):
 
 
 def test_api_keys_guard_inference_while_health_and_metrics_stay_open(tmp_path):
-    server, url = start_server(ROOT / "models", tmp_path / "server.log", api_keys="first-key,second-key",
-                                cors_origins="http://playground.test")
+    server, url = start_server(
+        ROOT / "models", tmp_path / "server.log", api_keys="first-key,second-key", cors_origins="http://playground.test"
+    )
     try:
         assert httpx.post(f"{url}/sample", json={"n": 1}).status_code == 401
         assert httpx.post(f"{url}/sample", json={"n": 1}, headers={"X-API-Key": "second-kex"}).status_code == 401
@@ -171,12 +203,25 @@ def test_api_keys_guard_inference_while_health_and_metrics_stay_open(tmp_path):
         for path in ("/health/live", "/health/ready", "/metrics", "/v2/health/ready", "/models"):
             assert httpx.get(url + path).status_code == 200, path
 
-        preflight = httpx.options(f"{url}/sample", headers={"Origin": "http://playground.test", "Access-Control-Request-Method": "POST",
-                                                            "Access-Control-Request-Headers": "content-type,x-api-key"})
-        assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "http://playground.test"
-        other = httpx.post(f"{url}/sample", json={"n": 1}, headers={"Origin": "http://evil.test", "X-API-Key": "first-key"})
+        preflight = httpx.options(
+            f"{url}/sample",
+            headers={
+                "Origin": "http://playground.test",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type,x-api-key",
+            },
+        )
+        assert (
+            preflight.status_code == 200
+            and preflight.headers["access-control-allow-origin"] == "http://playground.test"
+        )
+        other = httpx.post(
+            f"{url}/sample", json={"n": 1}, headers={"Origin": "http://evil.test", "X-API-Key": "first-key"}
+        )
         assert "access-control-allow-origin" not in other.headers
-        exposed = httpx.post(f"{url}/sample", json={"n": 1}, headers={"Origin": "http://playground.test", "X-API-Key": "first-key"})
+        exposed = httpx.post(
+            f"{url}/sample", json={"n": 1}, headers={"Origin": "http://playground.test", "X-API-Key": "first-key"}
+        )
         assert "x-seed" in exposed.headers["access-control-expose-headers"].lower()
     finally:
         server.stop()
@@ -214,7 +259,11 @@ def test_broken_models_are_refused_at_load_and_the_others_served(tmp_path):
     try:
         listing = {m["name"]: m for m in httpx.get(f"{url}/models").json()["models"]}
         assert listing["fashion-mnist-2d"]["status"] == "available"
-        for name, reason in (("tampered", "sha256"), ("truncated", "sha256"), ("wrong-latent-dim", "latent_dim 8 disagrees")):
+        for name, reason in (
+            ("tampered", "sha256"),
+            ("truncated", "sha256"),
+            ("wrong-latent-dim", "latent_dim 8 disagrees"),
+        ):
             assert listing[name]["status"] == "unavailable" and reason in listing[name]["reason"], listing[name]
             refused = httpx.post(f"{url}/sample", json={"model": name, "n": 1})
             assert refused.status_code == 503 and name in refused.json()["detail"]
@@ -228,11 +277,17 @@ def test_broken_models_are_refused_at_load_and_the_others_served(tmp_path):
 SOAK_SECONDS = float(os.environ.get("VAE_SOAK_SECONDS", 60))
 
 
+@pytest.mark.slow
 def test_a_mixed_soak_does_not_grow_memory(tmp_path):
     server, url = start_server(ROOT / "models", tmp_path / "server.log")
     z = np.random.default_rng(0).standard_normal((16, 32)).tolist()
-    requests = [("/sample", {"n": 8}), ("/decode", {"latents": z}), ("/encode", {"inputs": images(8), "samples": 2}),
-                ("/elbo", {"inputs": images(8), "samples": 16}), ("/sample", {"model": "fashion-mnist-2d", "n": 4, "format": "png"})]
+    requests = [
+        ("/sample", {"n": 8}),
+        ("/decode", {"latents": z}),
+        ("/encode", {"inputs": images(8), "samples": 2}),
+        ("/elbo", {"inputs": images(8), "samples": 16}),
+        ("/sample", {"model": "fashion-mnist-2d", "n": 4, "format": "png"}),
+    ]
     oip = {"inputs": [{"name": "z", "shape": [4, 32], "datatype": "FP32", "data": [0.1] * 128}]}
 
     async def traffic(seconds: float) -> list[int]:
@@ -242,8 +297,11 @@ def test_a_mixed_soak_does_not_grow_memory(tmp_path):
             while time.monotonic() < stop:
                 path, body = requests[i % len(requests)]
                 i += 1
-                response = await (client.post(path, json=body) if i % 7 else
-                                  client.post("/v2/models/fashion-mnist-decoder/infer", content=json.dumps(oip)))
+                response = await (
+                    client.post(path, json=body)
+                    if i % 7
+                    else client.post("/v2/models/fashion-mnist-decoder/infer", content=json.dumps(oip))
+                )
                 codes.append(response.status_code)
 
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
@@ -258,4 +316,6 @@ def test_a_mixed_soak_does_not_grow_memory(tmp_path):
     finally:
         server.stop()
     assert set(warm + codes) == {200} and len(codes) > 100 * math.ceil(SOAK_SECONDS / 60)
-    assert final - settled < max(15.0, 0.05 * settled), f"RSS {settled:.0f} MB -> {final:.0f} MB over {len(codes)} requests"
+    assert final - settled < max(15.0, 0.05 * settled), (
+        f"RSS {settled:.0f} MB -> {final:.0f} MB over {len(codes)} requests"
+    )

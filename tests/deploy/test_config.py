@@ -27,7 +27,9 @@ def render(overlay: str) -> list[dict]:
     """``kubectl kustomize deploy/k8s/<overlay>``: what ``kubectl apply -k`` would send."""
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl is missing: scripts/test.sh installs it (Debian's kubernetes-client)"
-    out = subprocess.run([kubectl, "kustomize", str(ROOT / "deploy" / "k8s" / overlay)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [kubectl, "kustomize", str(ROOT / "deploy" / "k8s" / overlay)], capture_output=True, text=True, check=True
+    )
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
@@ -53,13 +55,21 @@ def settings_in(source: str) -> dict[str, str]:
         docs = kserve()
     elif source == "ray":
         ray = yaml.safe_load((ROOT / "deploy" / "ray" / "serve.yaml").read_text())
-        return {k: str(v) for app in ray["applications"] for k, v in (app.get("runtime_env") or {}).get("env_vars", {}).items()}
+        return {
+            k: str(v)
+            for app in ray["applications"]
+            for k, v in (app.get("runtime_env") or {}).get("env_vars", {}).items()
+        }
     elif source == "dockerfile":
         text = (ROOT / "docker" / "Dockerfile").read_text().replace("\\\n", " ")
-        return dict(re.findall(r"\b(VAE_[A-Z_]+)=(\S+)", " ".join(line for line in text.splitlines() if line.startswith("ENV"))))
+        return dict(
+            re.findall(r"\b(VAE_[A-Z_]+)=(\S+)", " ".join(line for line in text.splitlines() if line.startswith("ENV")))
+        )
     else:
         raise ValueError(source)
-    return {e["name"]: str(e["value"]) for c in containers(docs) for e in c.get("env", []) if e["name"].startswith("VAE_")}
+    return {
+        e["name"]: str(e["value"]) for c in containers(docs) for e in c.get("env", []) if e["name"].startswith("VAE_")
+    }
 
 
 def problems(values: dict[str, str]) -> list[str]:
@@ -97,8 +107,11 @@ def test_deployment_files_set_only_valid_settings_that_differ_from_the_defaults(
 
 def test_the_check_catches_a_restated_an_invalid_and_an_unknown_setting():
     found = problems({"VAE_MAX_BATCH_ROWS": "128", "VAE_MAX_QUEUE_ROWS": "-1", "VAE_NO_SUCH": "1", "VAE_PORT": "8080"})
-    assert found == ["VAE_MAX_BATCH_ROWS='128' restates the default", "VAE_MAX_QUEUE_ROWS='-1' is invalid: Input should be greater than or equal to 1",
-                     "VAE_NO_SUCH is not a setting"]
+    assert found == [
+        "VAE_MAX_BATCH_ROWS='128' restates the default",
+        "VAE_MAX_QUEUE_ROWS='-1' is invalid: Input should be greater than or equal to 1",
+        "VAE_NO_SUCH is not a setting",
+    ]
 
 
 def compose() -> dict:

@@ -3,7 +3,6 @@ the service (probe routes exist, ports line up, the grace period covers the drai
 
 import kubernetes_validate
 import pytest
-import yaml
 
 from service.app import create_app
 from service.settings import Settings
@@ -38,7 +37,12 @@ def test_the_inference_service_is_a_kserve_predictor_with_valid_containers():
     predictor = isvc["spec"]["predictor"]
     assert predictor["minReplicas"] <= predictor["maxReplicas"]
     # KServe's CRD is not among the Kubernetes schemas; its containers are core/v1 Containers, so check them as a Pod's.
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, "spec": {"containers": predictor["containers"]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "check"},
+        "spec": {"containers": predictor["containers"]},
+    }
     kubernetes_validate.validate(pod, KUBERNETES, strict=True)
 
 
@@ -58,7 +62,10 @@ def test_probes_hit_real_routes_on_the_port_the_service_listens_on(where, contai
         path, port = probe["httpGet"]["path"], probe["httpGet"]["port"]
         assert path in get_routes, f"{where}: no GET route {path}"
         assert ports.get(port, port) == listens, f"{where}: probe port {port}"
-    assert "ready" in container["readinessProbe"]["httpGet"]["path"] and "live" in container["livenessProbe"]["httpGet"]["path"]
+    assert (
+        "ready" in container["readinessProbe"]["httpGet"]["path"]
+        and "live" in container["livenessProbe"]["httpGet"]["path"]
+    )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -98,6 +105,8 @@ def test_the_validation_catches_a_broken_manifest():
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBERNETES, strict=True)
     typo = kind(render("cpu"), "Deployment")
-    typo["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = typo["spec"]["template"]["spec"]["containers"][0].pop("readinessProbe")
+    typo["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = typo["spec"]["template"]["spec"][
+        "containers"
+    ][0].pop("readinessProbe")
     with pytest.raises(kubernetes_validate.ValidationError):  # strict: an unknown field is an error
         kubernetes_validate.validate(typo, KUBERNETES, strict=True)

@@ -6,9 +6,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import yaml
-
 import ray
+import yaml
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
@@ -34,11 +33,18 @@ def test_the_serve_config_file_is_valid_and_builds_the_app():
 @pytest.fixture(scope="module")
 def ray_proxy(tmp_path_factory):
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"VAE_MODEL_DIR": str(ROOT / "models"), "VAE_LOG_LEVEL": "warning"}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"env_vars": {"VAE_MODEL_DIR": str(ROOT / "models"), "VAE_LOG_LEVEL": "warning"}},
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app({"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}}), name="vae-serve", route_prefix="/")
+        serve.run(
+            build_app({"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}}), name="vae-serve", route_prefix="/"
+        )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -33,12 +33,17 @@ PROJECT = "vaeservetest"
 def sh(*cmd, timeout=900, check=True, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
     if check and result.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
 def engine_answers() -> bool:
-    return shutil.which("docker") is not None and subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0
+    return (
+        shutil.which("docker") is not None
+        and subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0
+    )
 
 
 def ensure_engine() -> None:
@@ -46,12 +51,21 @@ def ensure_engine() -> None:
     missing = [tool for tool in ("dockerd", "docker-compose", "debootstrap") if shutil.which(tool) is None]
     if missing:
         sh("apt-get", "update", "-qq")
-        sh("apt-get", "install", "-y", "-qq", "--no-install-recommends", "docker.io", "docker-compose", "debootstrap",
-           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        sh(
+            "apt-get",
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "docker.io",
+            "docker-compose",
+            "debootstrap",
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
     if engine_answers():
         return
-    log = open(Path(tempfile.gettempdir()) / "vae-serve-dockerd.log", "ab")
-    subprocess.Popen(["dockerd", "--storage-driver=vfs"], stdout=log, stderr=log, start_new_session=True)
+    with open(Path(tempfile.gettempdir()) / "vae-serve-dockerd.log", "ab") as log:  # dockerd keeps its own copy
+        subprocess.Popen(["dockerd", "--storage-driver=vfs"], stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if engine_answers():
@@ -64,8 +78,14 @@ def ensure_base_image() -> None:
     if sh("docker", "image", "inspect", BASE_TAG, check=False).returncode == 0:
         return
     with tempfile.TemporaryDirectory(prefix="vae-rootfs-") as rootfs:
-        sh("debootstrap", "--variant=minbase", "--include=python3,python3-venv,python3-pip,ca-certificates",
-           "bookworm", rootfs, timeout=1200)  # debootstrap's own default mirror
+        sh(
+            "debootstrap",
+            "--variant=minbase",
+            "--include=python3,python3-venv,python3-pip,ca-certificates",
+            "bookworm",
+            rootfs,
+            timeout=1200,
+        )  # debootstrap's own default mirror
         os.chmod(rootfs, 0o755)  # mkdtemp made it 0700: as the image's "/", it would lock out non-root users
         tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
         sh("docker", "import", "-", BASE_TAG, stdin=tar.stdout, timeout=600)
@@ -81,8 +101,13 @@ def compose_service():
     shutil.copyfile(HOST_CA, CA_COPY)
     port = free_port()
     shell = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
-    env = {**shell, "BASE_IMAGE": BASE_TAG, "VAE_PUBLISH": f"127.0.0.1:{port}", "COMPOSE_PROJECT_NAME": PROJECT,
-           "VAE_MAX_DELAY_MS": "1"}  # the one setting this shell sets: compose passes it, and only it, through
+    env = {
+        **shell,
+        "BASE_IMAGE": BASE_TAG,
+        "VAE_PUBLISH": f"127.0.0.1:{port}",
+        "COMPOSE_PROJECT_NAME": PROJECT,
+        "VAE_MAX_DELAY_MS": "1",
+    }  # the one setting this shell sets: compose passes it, and only it, through
     compose = ["docker-compose", "-f", str(ROOT / "compose.yaml")]
     try:
         sh(*compose, "build", "vae-serve", env=env, cwd=ROOT, timeout=1500)
@@ -117,7 +142,11 @@ def test_compose_serves_the_shipped_models(compose_service):
         assert all(m["provider"] == "CPUExecutionProvider" for m in models)
         assert all("latent_map.png" in m["report"] for m in models)  # the report figures ship in the image
         page = client.get("/")  # the playground's static files are package data, installed non-editable here
-        assert page.status_code == 200 and "/static/app.js" in page.text and client.get("/static/app.js").status_code == 200
+        assert (
+            page.status_code == 200
+            and "/static/app.js" in page.text
+            and client.get("/static/app.js").status_code == 200
+        )
         oip = client.get("/v2/models/fashion-mnist-decoder").json()
         assert oip["inputs"][0]["shape"] == [-1, 32]
 

@@ -58,11 +58,20 @@ def test_bodies_that_are_not_honest_npy_are_refused_before_decoding():
     assert "shape" in problem(saved(np.zeros((1, 1, 1, 1, 1), np.float32)))
 
 
-@pytest.mark.parametrize("accept, chosen", [
-    (None, JSON), ("*/*", JSON), ("application/json", JSON), ("application/*", JSON),
-    (NPY, NPY), (NPZ, NPZ), (f"{NPZ}, {NPY};q=0.5", NPZ), (f"{NPY};q=0.2, application/json;q=0.9", JSON),
-    ("text/html, application/x-npy", NPY),
-])
+@pytest.mark.parametrize(
+    "accept, chosen",
+    [
+        (None, JSON),
+        ("*/*", JSON),
+        ("application/json", JSON),
+        ("application/*", JSON),
+        (NPY, NPY),
+        (NPZ, NPZ),
+        (f"{NPZ}, {NPY};q=0.5", NPZ),
+        (f"{NPY};q=0.2, application/json;q=0.9", JSON),
+        ("text/html, application/x-npy", NPY),
+    ],
+)
 def test_accept_picks_the_highest_ranked_offer(accept, chosen):
     assert negotiate(accept) == chosen
 

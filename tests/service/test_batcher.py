@@ -3,14 +3,21 @@
 import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from service.batcher import (
-    BatchObserver, Batcher, DeadlineExceeded, Job, QueueFull, bucket_sizes, signature_of, split, take_batch,
+    Batcher,
+    BatchObserver,
+    DeadlineExceeded,
+    Job,
+    bucket_sizes,
+    signature_of,
+    split,
+    take_batch,
 )
 
 AXES = {"x": 0, "y": 0}
@@ -230,7 +237,10 @@ def test_batch_axis_other_than_zero():
 
     async def main():
         batcher = Batcher(runtime, {"x": 0, "eps": 1, "total": 0}, max_batch_rows=64)
-        reqs = [{"x": np.full((b, 3), i, np.float32), "eps": np.ones((2, b, 5), np.float32)} for i, b in enumerate((1, 2, 3))]
+        reqs = [
+            {"x": np.full((b, 3), i, np.float32), "eps": np.ones((2, b, 5), np.float32)}
+            for i, b in enumerate((1, 2, 3))
+        ]
         return reqs, await asyncio.gather(*(batcher.submit(r, weight=2) for r in reqs))
 
     reqs, results = run(main())

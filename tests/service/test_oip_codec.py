@@ -5,13 +5,19 @@ import json
 import numpy as np
 import pytest
 
-from service.manifest import GraphSpec
 from service.errors import InvalidInput
+from service.manifest import GraphSpec
 from service.metrics import GraphStats
 from service.oip_codec import infer_response, parse_infer_request
 
-SCORE = GraphSpec(path="score.onnx", sha256="0" * 64, bytes=1, inputs={"x": [-1, 4], "eps": [-1, -1, 2]},
-                  outputs={"elbo": [-1], "kl": [-1]}, batch_axes={"x": 0, "eps": 1, "elbo": 0, "kl": 0})
+SCORE = GraphSpec(
+    path="score.onnx",
+    sha256="0" * 64,
+    bytes=1,
+    inputs={"x": [-1, 4], "eps": [-1, -1, 2]},
+    outputs={"elbo": [-1], "kl": [-1]},
+    batch_axes={"x": 0, "eps": 1, "elbo": 0, "kl": 0},
+)
 
 
 def request(inputs, binary=b"", **extra) -> tuple[bytes, str | None]:
@@ -22,10 +28,15 @@ def request(inputs, binary=b"", **extra) -> tuple[bytes, str | None]:
 def test_json_and_binary_inputs_mix_in_listed_order():
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     eps = np.ones((2, 3, 2), np.float32)
-    body, length = request([
-        {"name": "eps", "shape": [2, 3, 2], "datatype": "FP32", "parameters": {"binary_data_size": eps.nbytes}},
-        {"name": "x", "shape": [3, 4], "datatype": "FP32", "data": x.tolist()},
-    ], eps.tobytes(), id="r1", parameters={"timeout": 2_000_000})
+    body, length = request(
+        [
+            {"name": "eps", "shape": [2, 3, 2], "datatype": "FP32", "parameters": {"binary_data_size": eps.nbytes}},
+            {"name": "x", "shape": [3, 4], "datatype": "FP32", "data": x.tolist()},
+        ],
+        eps.tobytes(),
+        id="r1",
+        parameters={"timeout": 2_000_000},
+    )
     parsed = parse_infer_request(body, length, SCORE)
     np.testing.assert_array_equal(parsed.inputs["x"], x)
     np.testing.assert_array_equal(parsed.inputs["eps"], eps)
@@ -33,16 +44,24 @@ def test_json_and_binary_inputs_mix_in_listed_order():
 
 
 def test_batch_sizes_must_agree_along_each_inputs_batch_axis():
-    body, _ = request([{"name": "x", "shape": [3, 4], "datatype": "FP32", "data": [0.0] * 12},
-                       {"name": "eps", "shape": [2, 5, 2], "datatype": "FP32", "data": [0.0] * 20}])
+    body, _ = request(
+        [
+            {"name": "x", "shape": [3, 4], "datatype": "FP32", "data": [0.0] * 12},
+            {"name": "eps", "shape": [2, 5, 2], "datatype": "FP32", "data": [0.0] * 20},
+        ]
+    )
     with pytest.raises(InvalidInput, match=r"disagree on the batch size: \[3, 5\]"):
         parse_infer_request(body, None, SCORE)
 
 
 def test_binary_outputs_frame_after_the_json_header():
-    body, _ = request([{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4},
-                       {"name": "eps", "shape": [1, 1, 2], "datatype": "FP32", "data": [0.0] * 2}],
-                      outputs=[{"name": "kl", "parameters": {"binary_data": True}}, {"name": "elbo"}])
+    body, _ = request(
+        [
+            {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4},
+            {"name": "eps", "shape": [1, 1, 2], "datatype": "FP32", "data": [0.0] * 2},
+        ],
+        outputs=[{"name": "kl", "parameters": {"binary_data": True}}, {"name": "elbo"}],
+    )
     parsed = parse_infer_request(body, None, SCORE)
     results = {"elbo": np.array([-1.5], np.float32), "kl": np.array([0.25], np.float32)}
     answer, headers = infer_response("m-score", "1", parsed, results)
@@ -54,15 +73,21 @@ def test_binary_outputs_frame_after_the_json_header():
 
 
 def test_binary_data_output_makes_every_output_binary():
-    body, _ = request([{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4},
-                       {"name": "eps", "shape": [1, 1, 2], "datatype": "FP32", "data": [0.0] * 2}],
-                      parameters={"binary_data_output": True})
+    body, _ = request(
+        [
+            {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4},
+            {"name": "eps", "shape": [1, 1, 2], "datatype": "FP32", "data": [0.0] * 2},
+        ],
+        parameters={"binary_data_output": True},
+    )
     assert parse_infer_request(body, None, SCORE).binary == {"elbo", "kl"}
 
 
 def test_unknown_outputs_and_zero_sized_shapes_are_refused():
-    good = [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4},
-            {"name": "eps", "shape": [1, 1, 2], "datatype": "FP32", "data": [0.0] * 2}]
+    good = [
+        {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4},
+        {"name": "eps", "shape": [1, 1, 2], "datatype": "FP32", "data": [0.0] * 2},
+    ]
     with pytest.raises(InvalidInput, match="unknown outputs \\['z'\\]"):
         parse_infer_request(request(good, outputs=[{"name": "z"}])[0], None, SCORE)
     zero = [good[0], {"name": "eps", "shape": [0, 1, 2], "datatype": "FP32", "data": []}]

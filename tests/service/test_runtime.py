@@ -22,8 +22,18 @@ SOURCE = "fashion-mnist-2d"  # the smallest shipped model
 @pytest.fixture
 def model_dir(tmp_path):
     """A model dir with one good copy and nine broken copies of a shipped model."""
-    for name in ("good", "bad-hash", "bad-weights", "bad-onnx", "no-manifest", "bad-inputs", "bad-shape", "bad-latent-dim",
-                 "bad-image-shape", "old-manifest"):
+    for name in (
+        "good",
+        "bad-hash",
+        "bad-weights",
+        "bad-onnx",
+        "no-manifest",
+        "bad-inputs",
+        "bad-shape",
+        "bad-latent-dim",
+        "bad-image-shape",
+        "old-manifest",
+    ):
         shutil.copytree(SHIPPED / SOURCE, tmp_path / name)
     with (tmp_path / "bad-hash" / "decoder.onnx").open("ab") as f:
         f.write(b"\0")  # one extra byte: the sha256 no longer matches
@@ -58,8 +68,17 @@ def test_broken_models_are_refused_and_the_rest_served(model_dir, caplog):
     with caplog.at_level(logging.ERROR, logger="service.registry"):
         registry.load_all()
     assert sorted(registry.models) == ["good"]
-    assert set(registry.refused) == {"bad-hash", "bad-weights", "bad-onnx", "no-manifest", "bad-inputs", "bad-shape",
-                                     "bad-latent-dim", "bad-image-shape", "old-manifest"}
+    assert set(registry.refused) == {
+        "bad-hash",
+        "bad-weights",
+        "bad-onnx",
+        "no-manifest",
+        "bad-inputs",
+        "bad-shape",
+        "bad-latent-dim",
+        "bad-image-shape",
+        "old-manifest",
+    }
     assert "sha256" in registry.refused["bad-hash"] and "decoder.onnx" in registry.refused["bad-hash"]
     assert "sha256" in registry.refused["bad-weights"] and "weights.bin" in registry.refused["bad-weights"]
     assert "invalid JSON" in registry.refused["no-manifest"]
@@ -75,7 +94,9 @@ def test_broken_models_are_refused_and_the_rest_served(model_dir, caplog):
 
 
 def test_warm_up_covers_every_bucket_when_padding_and_sets_ready(model_dir):
-    registry = Registry(Settings(model_dir=model_dir, default_model="good", max_batch_rows=12, pad_batches="true"), Metrics())
+    registry = Registry(
+        Settings(model_dir=model_dir, default_model="good", max_batch_rows=12, pad_batches="true"), Metrics()
+    )
     registry.load_all()
     assert not registry.ready
     registry.warm_up()
@@ -85,7 +106,9 @@ def test_warm_up_covers_every_bucket_when_padding_and_sets_ready(model_dir):
 
 
 def test_warm_up_without_padding_runs_each_graph_once(model_dir):
-    registry = Registry(Settings(model_dir=model_dir, default_model="good", max_batch_rows=12, pad_batches="false"), Metrics())
+    registry = Registry(
+        Settings(model_dir=model_dir, default_model="good", max_batch_rows=12, pad_batches="false"), Metrics()
+    )
     registry.load_all()
     assert registry.models["good"].warm_up() == 4
 

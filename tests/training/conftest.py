@@ -4,9 +4,16 @@ from training.config import load_config
 
 # A model small enough to train in seconds on a subset of the real Fashion-MNIST.
 TINY = [
-    "model.architecture='mlp'", "model.hidden=[64]", "model.latent_dim=4",
-    "data.subset=768", "data.validation_size=500", "train.batch_size=64",
-    "train.epochs=3", "train.patience=10", "eval.iwae_samples=8", "train.threads=1",
+    "model.architecture='mlp'",
+    "model.hidden=[64]",
+    "model.latent_dim=4",
+    "data.subset=768",
+    "data.validation_size=500",
+    "train.batch_size=64",
+    "train.epochs=3",
+    "train.patience=10",
+    "eval.iwae_samples=8",
+    "train.threads=1",
 ]
 
 
@@ -14,4 +21,5 @@ TINY = [
 def tiny_config():
     def make(*extra):
         return load_config("fashion-mnist", [*TINY, *extra])
+
     return make

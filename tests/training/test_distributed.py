@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.distributed import World, shard
 from tests.training.conftest import TINY
+from training.distributed import World, shard
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,19 @@ STEP = re.compile(r"(?:\[rank (\d)\] )?DEBUG training\.train: step (\d+) paramet
 
 
 def train(runs_dir: Path, launcher: list[str]) -> str:
-    command = [*launcher, "-m", "training", "train", "fashion-mnist", *SETS, "--runs-dir", str(runs_dir), "--log-level", "debug", "--no-progress"]
+    command = [
+        *launcher,
+        "-m",
+        "training",
+        "train",
+        "fashion-mnist",
+        *SETS,
+        "--runs-dir",
+        str(runs_dir),
+        "--log-level",
+        "debug",
+        "--no-progress",
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout + done.stderr
@@ -36,7 +48,9 @@ def test_shards_cover_the_global_batch_once(rows, size):
 
 def test_two_ranks_step_in_lockstep_and_match_one_process(tmp_path):
     single = train(tmp_path / "single", [sys.executable])
-    ddp = train(tmp_path / "ddp", [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"])
+    ddp = train(
+        tmp_path / "ddp", [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
+    )
 
     steps: dict[int, dict[str, str]] = {}
     for rank, step, digest in STEP.findall(ddp):
@@ -50,7 +64,9 @@ def test_two_ranks_step_in_lockstep_and_match_one_process(tmp_path):
     assert one["step"] == two["step"] == 5
     for name, weight in one["model"].items():  # the same steps, up to the order of floating-point sums
         torch.testing.assert_close(two["model"][name], weight, rtol=1e-4, atol=1e-5, msg=name)
-    records = [json.loads(line) for line in (tmp_path / "ddp" / "fashion-mnist" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "ddp" / "fashion-mnist" / "metrics.jsonl").read_text().splitlines()
+    ]
     reference = json.loads((tmp_path / "single" / "fashion-mnist" / "metrics.jsonl").read_text().splitlines()[0])
     assert len(records) == 1  # rank 0 alone writes
     assert records[0]["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-5)

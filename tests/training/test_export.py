@@ -13,8 +13,8 @@ from training.config import Config
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from training.config import load_config
     from tests.training.conftest import TINY
+    from training.config import load_config
 
     tmp = tmp_path_factory.mktemp("export")
     cfg = load_config("fashion-mnist", [*TINY, "train.epochs=1"])
@@ -57,7 +57,9 @@ def test_weights_are_stored_once(exported):
     graphs = sum((model_dir / g["path"]).stat().st_size for g in manifest["graphs"].values())
     _, model, _ = train.load_checkpoint(model_dir.parent / "run" / "best.pt")
     parameter_bytes = sum(p.numel() * 4 for p in model.parameters())
-    assert 0.9 * parameter_bytes <= weights <= 1.05 * parameter_bytes  # once, not twice (score graph); biases stay inline
+    assert (
+        0.9 * parameter_bytes <= weights <= 1.05 * parameter_bytes
+    )  # once, not twice (score graph); biases stay inline
     assert graphs < 0.2 * parameter_bytes
 
 
@@ -79,7 +81,7 @@ def test_graphs_run_with_dynamic_batch_and_k(exported):
     np.testing.assert_allclose(gap, ll - elbo, atol=1e-3)
     # the score graph's KL is the closed form from the encoder's outputs
     m, lv = _session(model_dir, "encoder").run(None, {"x": x})
-    np.testing.assert_allclose(kl, 0.5 * (np.exp(lv) + m ** 2 - 1 - lv).sum(-1), rtol=1e-5)
+    np.testing.assert_allclose(kl, 0.5 * (np.exp(lv) + m**2 - 1 - lv).sum(-1), rtol=1e-5)
 
 
 def test_reparameterize_graph_is_the_objectives(exported):
@@ -120,21 +122,28 @@ def test_reexport_rebuilds_the_same_model_from_its_graphs(tmp_path, exported):
     again = export.reexport(copy)
     assert again["weights"]["sha256"] == manifest["weights"]["sha256"]
     assert again["graphs"]["encoder"]["sha256"] == manifest["graphs"]["encoder"]["sha256"]
-    assert {k: again[k] for k in ("metrics", "training", "command", "config")} == {k: manifest[k] for k in ("metrics", "training", "command", "config")}
+    assert {k: again[k] for k in ("metrics", "training", "command", "config")} == {
+        k: manifest[k] for k in ("metrics", "training", "command", "config")
+    }
     rng = np.random.default_rng(3)
-    inputs = {"x": (rng.random((4, 784)) < 0.5).astype(np.float32), "eps": rng.standard_normal((6, 4, 4), dtype=np.float32)}
+    inputs = {
+        "x": (rng.random((4, 784)) < 0.5).astype(np.float32),
+        "eps": rng.standard_normal((6, 4, 4), dtype=np.float32),
+    }
     for want, got in zip(_session(model_dir, "score").run(None, inputs), _session(copy, "score").run(None, inputs)):
         np.testing.assert_array_equal(got, want)
 
 
 def test_gaussian_model_exports_its_learned_sigma(tmp_path):
-    from training.config import load_config
     from tests.training.conftest import TINY
+    from training.config import load_config
 
     cfg = load_config("fashion-mnist", [*TINY, "train.epochs=1", "model.likelihood='gaussian'"])
     best = train.fit(cfg, tmp_path / "run", progress=False)
     _, model, _ = train.load_checkpoint(best)
-    (tmp_path / "run" / "eval.json").write_text(json.dumps(train.evaluate(cfg, model, train.load_data(cfg), progress=False)))
+    (tmp_path / "run" / "eval.json").write_text(
+        json.dumps(train.evaluate(cfg, model, train.load_data(cfg), progress=False))
+    )
     manifest = export.export_model(tmp_path / "run", tmp_path / "model")
     assert manifest["likelihood"] == "gaussian" and manifest["sigma"] == pytest.approx(model.sigma)
     assert list(manifest["graphs"]["decoder"]["outputs"]) == ["image", "log_scale"]

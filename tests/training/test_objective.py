@@ -9,7 +9,6 @@ import torch
 from training import objective
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     """Exact comparisons need double precision; restored after each test (it is global state)."""
@@ -44,7 +43,9 @@ def test_bernoulli_log_likelihood_is_the_with_logits_form():
     x = torch.tensor([[0.0, 1.0, 1.0, 0.0, 1.0]])
     expected = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
     assert objective.bernoulli_log_likelihood(logits, x).item() == pytest.approx(expected.item(), abs=1e-9)
-    assert torch.isfinite(objective.bernoulli_log_likelihood(torch.tensor([[1e4, -1e4]]), torch.tensor([[0.0, 1.0]]))).all()
+    assert torch.isfinite(
+        objective.bernoulli_log_likelihood(torch.tensor([[1e4, -1e4]]), torch.tensor([[0.0, 1.0]]))
+    ).all()
 
 
 def test_gaussian_log_likelihood_keeps_its_constants():
@@ -83,8 +84,14 @@ def test_iwae_grows_with_k_and_gap_is_never_negative():
     g, x, weight, mean, log_var = _toy(seed=3)
     means = []
     for k in (1, 5, 50, 500):
-        runs = torch.stack([objective.evidence(mean, log_var, torch.randn(k, 6, 3, generator=g), _toy_decoder(x, weight)).log_likelihood
-                            for _ in range(200)])  # (R, B)
+        runs = torch.stack(
+            [
+                objective.evidence(
+                    mean, log_var, torch.randn(k, 6, 3, generator=g), _toy_decoder(x, weight)
+                ).log_likelihood
+                for _ in range(200)
+            ]
+        )  # (R, B)
         means.append(runs.mean())
     assert all(a < b for a, b in zip(means, means[1:])), means
     terms = objective.evidence(mean, log_var, torch.randn(64, 6, 3, generator=g), _toy_decoder(x, weight))
@@ -110,13 +117,13 @@ class LinearGaussian:
         self.x = self.b + torch.randn(3, z_dim, generator=g) @ self.W.T + s * torch.randn(3, d, generator=g)  # (B, D)
 
     def log_marginal(self):
-        cov = self.W @ self.W.T + self.s ** 2 * torch.eye(len(self.b))
+        cov = self.W @ self.W.T + self.s**2 * torch.eye(len(self.b))
         return torch.distributions.MultivariateNormal(self.b, cov).log_prob(self.x)  # (B,)
 
     def posterior(self):
-        precision = torch.eye(self.W.shape[1]) + self.W.T @ self.W / self.s ** 2
+        precision = torch.eye(self.W.shape[1]) + self.W.T @ self.W / self.s**2
         cov = torch.linalg.inv(precision)
-        means = (self.x - self.b) @ self.W @ cov / self.s ** 2  # (B, Z)
+        means = (self.x - self.b) @ self.W @ cov / self.s**2  # (B, Z)
         return means, cov
 
     def log_px_given_z(self, z):  # (K, B, Z) -> (K, B)
@@ -125,7 +132,7 @@ class LinearGaussian:
     def analytic_elbo(self, mean, log_var):
         """E_q[log p(x|z)] − KL(q‖p(z)), the expectation in closed form."""
         expected = objective.gaussian_log_likelihood(mean @ self.W.T + self.b, torch.tensor(math.log(self.s)), self.x)
-        expected = expected - (self.W.square() @ log_var.exp().T).sum(0) / (2 * self.s ** 2)
+        expected = expected - (self.W.square() @ log_var.exp().T).sum(0) / (2 * self.s**2)
         return expected - objective.kl_to_standard_normal(mean, log_var)
 
 
@@ -158,8 +165,14 @@ def test_linear_gaussian_iwae_converges_to_log_px():
     g = torch.Generator().manual_seed(2)
     errors = []
     for k in (1, 10, 100, 20_000):
-        est = torch.stack([objective.evidence(mean, log_var, torch.randn(k, 3, 2, generator=g), model.log_px_given_z).log_likelihood
-                           for _ in range(20)]).mean(0)
+        est = torch.stack(
+            [
+                objective.evidence(
+                    mean, log_var, torch.randn(k, 3, 2, generator=g), model.log_px_given_z
+                ).log_likelihood
+                for _ in range(20)
+            ]
+        ).mean(0)
         errors.append((log_px - est).abs().max().item())
     assert errors[-1] < 0.01 and errors[-1] < errors[0] / 10, errors
     assert all(a > b for a, b in zip(errors, errors[1:])), errors

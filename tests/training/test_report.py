@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.training.conftest import TINY
 from training import report, train
 from training.config import load_config
-from tests.training.conftest import TINY
 
 
 @pytest.mark.parametrize("latent_dim", [2, 4])
@@ -27,7 +27,9 @@ def test_report_writes_figures_and_a_map_geometry_that_inverts(tmp_path, latent_
     assert 0 <= left < right <= width and 0 <= top < bottom <= height
     components, center = np.asarray(geometry["components"]), np.asarray(geometry["center"])
     assert components.shape == (2, latent_dim) and center.shape == (latent_dim,)
-    np.testing.assert_allclose(components @ components.T, np.eye(2), atol=1e-5)  # orthonormal: z -> map -> z on the plane
+    np.testing.assert_allclose(
+        components @ components.T, np.eye(2), atol=1e-5
+    )  # orthonormal: z -> map -> z on the plane
     if latent_dim == 2:
         np.testing.assert_allclose(components, np.eye(2))
         np.testing.assert_allclose(center, 0)
