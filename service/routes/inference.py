@@ -48,11 +48,11 @@ def _rng(seed: int | None) -> tuple[int, np.random.Generator]:
     return seed, np.random.Generator(np.random.PCG64(seed))
 
 
-def _admit(request: Request) -> float:
-    """The rules that need no body: the API key, then the deadline (a perf_counter value)."""
+def _admit(request: Request) -> tuple[float, str]:
+    """What needs no body: the API key, the deadline (a perf_counter value) and the answer's media type."""
     settings = request.app.state.settings
     rules.authorize(request, settings.api_key_list)
-    return rules.deadline(settings, rules.header_timeout_s(request))
+    return rules.deadline(settings, rules.header_timeout_s(request)), arrays.negotiate(request.headers.get("accept"))
 
 
 async def _images_request(request: Request, options_model):
@@ -74,8 +74,7 @@ async def _images_request(request: Request, options_model):
     responses=array_responses("mean", "mean, log_var and z"),
 )
 async def encode(request: Request):
-    deadline = _admit(request)
-    kind = arrays.negotiate(request.headers.get("accept"))
+    deadline, kind = _admit(request)
     _, model, x, eps = await _images_request(request, EncodeOptions)
     out = await run_or_abandon(request, model.encode(x, eps, deadline))
     return arrays.answer(kind, "mean", out, {"model": model.name, **out}, {"X-Model": model.name})
@@ -89,8 +88,7 @@ async def encode(request: Request):
     responses=array_responses("images", "images"),
 )
 async def decode(request: Request):
-    deadline = _admit(request)
-    kind = arrays.negotiate(request.headers.get("accept"))
+    deadline, kind = _admit(request)
     options, array = await arrays.read_request(request, DecodeOptions, "latents")
     model = request.app.state.registry.resolve(options.model)
     rules.check_size(request.app.state.settings, len(array), rows_field="latents")
@@ -109,8 +107,7 @@ async def decode(request: Request):
     responses=array_responses("images", "images and latents"),
 )
 async def sample(request: Request):
-    deadline = _admit(request)
-    kind = arrays.negotiate(request.headers.get("accept"))
+    deadline, kind = _admit(request)
     options, _ = await arrays.read_request(request, SampleRequest)
     model = request.app.state.registry.resolve(options.model)
     rules.check_size(request.app.state.settings, options.n, rows_field="n")
@@ -131,8 +128,7 @@ async def sample(request: Request):
     responses=array_responses("log_likelihood", "elbo, reconstruction, kl, log_likelihood and gap"),
 )
 async def elbo(request: Request):
-    deadline = _admit(request)
-    kind = arrays.negotiate(request.headers.get("accept"))
+    deadline, kind = _admit(request)
     _, model, x, eps = await _images_request(request, ElboOptions)
     out = await run_or_abandon(request, model.score(x, eps, deadline))
     return arrays.answer(kind, "log_likelihood", out, {"model": model.name, **out}, {"X-Model": model.name})

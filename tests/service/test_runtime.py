@@ -17,23 +17,14 @@ from service.settings import Settings
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models"
 SOURCE = "fashion-mnist-2d"  # the smallest shipped model
+BROKEN = ("bad-hash", "bad-weights", "bad-onnx", "no-manifest", "bad-inputs", "bad-shape", "bad-latent-dim",
+          "bad-image-shape", "old-manifest")  # fmt: skip
 
 
 @pytest.fixture
 def model_dir(tmp_path):
     """A model dir with one good copy and nine broken copies of a shipped model."""
-    for name in (
-        "good",
-        "bad-hash",
-        "bad-weights",
-        "bad-onnx",
-        "no-manifest",
-        "bad-inputs",
-        "bad-shape",
-        "bad-latent-dim",
-        "bad-image-shape",
-        "old-manifest",
-    ):
+    for name in ("good", *BROKEN):
         shutil.copytree(SHIPPED / SOURCE, tmp_path / name)
     with (tmp_path / "bad-hash" / "decoder.onnx").open("ab") as f:
         f.write(b"\0")  # one extra byte: the sha256 no longer matches
@@ -68,17 +59,7 @@ def test_broken_models_are_refused_and_the_rest_served(model_dir, caplog):
     with caplog.at_level(logging.ERROR, logger="service.registry"):
         registry.load_all()
     assert sorted(registry.models) == ["good"]
-    assert set(registry.refused) == {
-        "bad-hash",
-        "bad-weights",
-        "bad-onnx",
-        "no-manifest",
-        "bad-inputs",
-        "bad-shape",
-        "bad-latent-dim",
-        "bad-image-shape",
-        "old-manifest",
-    }
+    assert set(registry.refused) == set(BROKEN)
     assert "sha256" in registry.refused["bad-hash"] and "decoder.onnx" in registry.refused["bad-hash"]
     assert "sha256" in registry.refused["bad-weights"] and "weights.bin" in registry.refused["bad-weights"]
     assert "invalid JSON" in registry.refused["no-manifest"]
