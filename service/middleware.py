@@ -3,6 +3,7 @@ body-size limit (413)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -23,8 +24,8 @@ _ids = random.Random(int.from_bytes(os.urandom(16), "big"))  # request ids: uniq
 
 class RequestMiddleware:
     """Per request: its id (the client's X-Request-ID or a new one, echoed, in every log line), the
-    in-flight count the SIGTERM drain waits on, 503 for new requests once draining, the metrics by
-    route template, and the optional access log."""
+    in-flight count, the drain (503 for new requests and ``Connection: close`` on every answer once
+    draining), the metrics by route template, and the optional access log."""
 
     def __init__(self, app, metrics: Metrics, lifecycle: Lifecycle, access_log: bool = False):
         self.app, self.metrics, self.lifecycle, self.access_log = app, metrics, lifecycle, access_log
@@ -35,27 +36,30 @@ class RequestMiddleware:
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin1")
         rid = incoming if REQUEST_ID.match(incoming) else f"{_ids.getrandbits(128):032x}"
         token = request_id.set(rid)
-        started, status = time.perf_counter(), 500
+        started, status, answering = time.perf_counter(), 500, False
 
         async def send_with_id(message):
-            nonlocal status
+            nonlocal status, answering
             if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
+                status, answering = message["status"], True
+                headers = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
+                if self.lifecycle.draining:  # no keep-alive past this answer: the client reconnects elsewhere
+                    headers = [h for h in headers if h[0].lower() != b"connection"] + [(b"connection", b"close")]
+                message["headers"] = headers
             await send(message)
 
         self.lifecycle.in_flight += 1
         self.metrics.in_flight.inc()
         try:
             if self.lifecycle.draining and not scope["path"].startswith(ALWAYS_OPEN):
-                await _reject(
-                    send_with_id,
-                    503,
-                    "shutting down: retry on another replica",
-                    [(b"retry-after", b"1"), (b"connection", b"close")],
-                )
+                await _read_to_the_end(receive)  # a client still uploading reads the answer, not a reset
+                await _reject(send_with_id, 503, "shutting down: retry on another replica", [(b"retry-after", b"1")])
             else:
                 await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            if self.lifecycle.draining and not answering:  # cut off at the end of the grace: say so, not 500
+                await _reject(send_with_id, 503, "shutting down: the grace period ran out", [(b"retry-after", b"1")])
+            raise
         finally:
             self.lifecycle.in_flight -= 1
             self.metrics.in_flight.dec()
@@ -80,6 +84,14 @@ class RequestMiddleware:
                     },
                 )
             request_id.reset(token)
+
+
+async def _read_to_the_end(receive) -> None:
+    """Consume a request's body (or notice its client left) without keeping it."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
 
 
 async def _reject(send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:

@@ -128,6 +128,13 @@ def test_compose_passes_through_every_setting_by_name_and_sets_none():
         assert set(environment) == expected, set(environment) ^ expected
 
 
+def test_compose_waits_out_the_drain_before_it_kills():
+    grace = Settings.model_fields["shutdown_grace_s"].default
+    for name, service in compose()["services"].items():
+        if name != "train":
+            assert int(service["stop_grace_period"].removesuffix("s")) > grace
+
+
 def dockerfile_stages() -> list[str]:
     return re.findall(r"^FROM \S+ AS (\S+)$", (ROOT / "docker" / "Dockerfile").read_text(), flags=re.M)
 
