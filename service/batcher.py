@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import Busy, DeadlinePassed
+from .errors import Busy, DeadlinePassed, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -259,13 +259,17 @@ class Batcher:
         return concatenate(list(results), self.batch_axes)
 
     def _admit(self, parts: list[Tensors], weight: int) -> list[Job]:
-        """Queue every chunk of one request, or none of them (QueueFull)."""
+        """Queue every chunk of one request, or none of them: QueueFull when they do not fit now,
+        TooLarge when they never could."""
         loop = asyncio.get_running_loop()
         jobs = []
         for part in parts:
             rows = self.rows_of(part)
             jobs.append(Job(part, rows, rows * weight, signature_of(part, self.batch_axes), loop.create_future()))
         cost = sum(j.cost for j in jobs)
+        if cost > self.max_queue_rows:
+            limit = f"at most {self.max_queue_rows} rows queue (VAE_MAX_QUEUE_ROWS)"
+            raise TooLarge(f"{self.name}: this request needs {cost} rows; {limit}, so it could never be admitted")
         if self.queue.cost + cost > self.max_queue_rows:
             raise QueueFull(f"{self.name}: {self.queue.cost} rows queued (limit {self.max_queue_rows})")
         self.queue.add(jobs)

@@ -6,7 +6,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -79,6 +79,17 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8000, ge=0, le=65535, description="bind port")
     log_level: str = Field("info", description="logging level")
+
+    @model_validator(mode="after")
+    def _limits_fit_the_queue(self) -> Settings:
+        """A request the limits admit must fit the queue, or it could never be queued."""
+        for name in ("max_request_rows", "max_sample_rows"):
+            if getattr(self, name) > self.max_queue_rows:
+                raise ValueError(
+                    f"VAE_{name.upper()} ({getattr(self, name)}) is above VAE_MAX_QUEUE_ROWS ({self.max_queue_rows}): "
+                    "a request that large could never be queued; lower it or raise VAE_MAX_QUEUE_ROWS"
+                )
+        return self
 
     @cached_property  # read on every inference request: split once
     def api_key_list(self) -> list[str]:

@@ -18,6 +18,8 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.live import vae_serve
+
 from .conftest import ROOT, start_server
 
 HEAVY = {
@@ -133,7 +135,9 @@ def test_clients_that_disconnect_have_their_queued_work_cancelled(busy_server):
 
 
 def test_a_burst_far_over_capacity_gets_only_200s_and_503s(tmp_path):
-    server, url = start_server(ROOT / "models", tmp_path / "server.log", max_concurrent_runs=1, max_queue_rows=2048)
+    server, url = start_server(
+        ROOT / "models", tmp_path / "server.log", max_concurrent_runs=1, max_queue_rows=2048, max_sample_rows=2048
+    )
     try:
         x = images(2, seed=9)
         reference = httpx.post(f"{url}/elbo", json={"inputs": x, "samples": 64, "seed": 5}, timeout=60).json()[
@@ -159,9 +163,46 @@ def test_a_burst_far_over_capacity_gets_only_200s_and_503s(tmp_path):
         server.stop()
 
 
+def test_admission_is_all_or_nothing_so_refused_requests_cost_no_compute(tmp_path):
+    """200 concurrent /elbo of 8 images × K=64 against a 2048-row queue: each request is 4 chunks of
+    the score graph; a refused one leaves none of them behind, so the graph runs exactly the rows of
+    the answered requests."""
+    settings = {"max_concurrent_runs": 1, "max_queue_rows": 2048, "max_sample_rows": 2048}
+    server, url = start_server(ROOT / "models", tmp_path / "server.log", **settings)
+    try:
+        body = {"inputs": images(8, seed=3), "samples": 64, "seed": 1}
+        rows_before = score_metric(url, "vae_batch_rows_sum")
+
+        async def burst():
+            async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=250)) as client:
+                return await asyncio.gather(*(client.post("/elbo", json=body) for _ in range(200)))
+
+        codes = [r.status_code for r in asyncio.run(burst())]
+        assert set(codes) == {200, 503}
+        assert score_metric(url, "vae_batch_rows_sum") - rows_before == 8 * codes.count(200)
+        too_big = httpx.post(f"{url}/elbo", json={**body, "samples": 257}, timeout=60)  # 8 × 257 > 2048 rows
+        assert too_big.status_code == 422 and "limit of 2048" in str(too_big.json()["detail"])
+    finally:
+        server.stop()
+
+
+def test_contradicting_limits_are_refused_at_start(tmp_path):
+    log = tmp_path / "server.log"
+    refused = vae_serve(ROOT / "models", log, max_queue_rows=2048)  # max_sample_rows stays 262144
+    with pytest.raises(RuntimeError, match="exited with 1"):
+        refused.start(timeout_s=30)
+    refused.stop()
+    assert "VAE_MAX_SAMPLE_ROWS (262144) is above VAE_MAX_QUEUE_ROWS (2048)" in log.read_text()
+
+
 def test_sigterm_drains_hundreds_of_accepted_requests_then_exits_0(tmp_path):
     server, url = start_server(
-        ROOT / "models", tmp_path / "server.log", max_concurrent_runs=1, max_queue_rows=100000, shutdown_grace_s=60
+        ROOT / "models",
+        tmp_path / "server.log",
+        max_concurrent_runs=1,
+        max_queue_rows=100000,
+        max_sample_rows=100000,
+        shutdown_grace_s=60,
     )
     body = {"inputs": images(2, seed=1), "samples": 50, "seed": 2}  # 300 × 100 decoder rows: a few seconds of work
 
@@ -185,7 +226,7 @@ def test_sigterm_drains_hundreds_of_accepted_requests_then_exits_0(tmp_path):
     finally:
         server.stop()
     log = (tmp_path / "server.log").read_text()
-    assert "SIGTERM: draining" in log and "drained (0 requests left in flight)" in log
+    assert "SIGTERM: draining" in log and "drained: every request received was answered" in log
 
 
 def test_api_keys_guard_inference_while_health_and_metrics_stay_open(tmp_path):

@@ -14,11 +14,13 @@ from service.batcher import (
     BatchObserver,
     DeadlineExceeded,
     Job,
+    QueueFull,
     bucket_sizes,
     signature_of,
     split,
     take_batch,
 )
+from service.errors import TooLarge
 
 AXES = {"x": 0, "y": 0}
 
@@ -379,3 +381,37 @@ def test_a_cancelled_request_leaves_the_queue_and_never_runs():
     run(main())
     executor.shutdown()
     assert runtime.runs == [2] and log.drops == [(2, "cancelled")]
+
+
+def test_a_request_is_admitted_whole_or_not_at_all():
+    """Its chunks go into the queue together; when they do not fit, none stays behind."""
+    runtime = FakeRuntime(delay=0.05)
+
+    async def main():
+        executor = ThreadPoolExecutor(1)
+        batcher = Batcher(runtime, AXES, max_batch_rows=2, max_queue_rows=10, max_concurrent_runs=1, executor=executor)
+        first = asyncio.create_task(batcher.submit(request(0, rows=6)))  # 3 chunks of 2 rows: 6 queued
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await batcher.submit(request(1, rows=6))  # 6 more do not fit beside them: no chunk is queued
+        queued_after_refusal = batcher.queue.cost
+        result = await first
+        await batcher.close()
+        executor.shutdown()
+        return result, queued_after_refusal
+
+    result, queued = run(main())
+    assert queued <= 6  # only the first request's rows (some may already run)
+    assert sum(runtime.runs) == 6  # the refused request's rows never ran
+    np.testing.assert_array_equal(result["y"], 3 * request(0, rows=6)["x"] + 1)
+
+
+def test_a_request_that_can_never_fit_the_queue_is_too_large_not_busy():
+    async def main():
+        batcher = Batcher(FakeRuntime(), AXES, max_batch_rows=4, max_queue_rows=10)
+        with pytest.raises(TooLarge, match="needs 12 rows; at most 10 rows queue"):
+            await batcher.submit(request(0, rows=3), weight=4)
+        assert batcher.queue.cost == 0
+        await batcher.close()
+
+    run(main())
