@@ -124,11 +124,12 @@ def parse_json(body: bytes):
     check of the field holding them names it (instead of a bare "invalid JSON")."""
     try:
         return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):  # the stdlib parser would recurse past Python's stack limit
+            raise invalid("body", exc.pos, message=f"JSON nested too deeply: {exc}") from None
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise invalid("body", getattr(exc, "pos", 0), message=f"JSON decode error: {exc}") from None
 
 

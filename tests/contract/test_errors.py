@@ -139,3 +139,42 @@ def test_oversized_chunked_body_is_413(server):
 def test_wrong_method_and_path(client):
     assert client.get("/sample").status_code == 405
     assert client.post("/nope", json={}).status_code == 404
+
+
+DEEP = "[" * 5000 + "0" + "]" * 5000  # past orjson's depth limit and Python's recursion limit
+REST_FIELDS = {
+    "/sample": ["n", "seed", "temperature", "format", "model", "x"],
+    "/encode": ["inputs", "samples", "seed", "model"],
+    "/decode": ["latents", "format", "model"],
+    "/elbo": ["inputs", "samples", "seed", "model"],
+}
+REST_BODIES = {"/sample": {"n": 1}, "/encode": {"inputs": [[0.0] * 784]}, "/decode": {"latents": [[0.0] * 32]},
+               "/elbo": {"inputs": [[0.0] * 784]}}  # fmt: skip
+
+
+@pytest.mark.parametrize("path, field", [(p, f) for p, fields in REST_FIELDS.items() for f in fields])
+def test_json_nested_thousands_deep_in_any_field_is_a_422(client, path, field):
+    body = json.dumps({**REST_BODIES[path], field: "DEEP"}).replace('"DEEP"', DEEP)
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert "nested too deeply" in detail_text(response)
+
+
+OIP_INPUT = {"name": "z", "datatype": "FP32", "shape": [1, 32], "data": [0.0] * 32}
+OIP_PLACES = {
+    "inputs": lambda: {"inputs": "DEEP"},
+    "data": lambda: {"inputs": [{**OIP_INPUT, "data": "DEEP"}]},
+    "shape": lambda: {"inputs": [{**OIP_INPUT, "shape": "DEEP"}]},
+    "name": lambda: {"inputs": [{**OIP_INPUT, "name": "DEEP"}]},
+    "input parameters": lambda: {"inputs": [{**OIP_INPUT, "parameters": "DEEP"}]},
+    "outputs": lambda: {"inputs": [OIP_INPUT], "outputs": "DEEP"},
+    "parameters": lambda: {"inputs": [OIP_INPUT], "parameters": "DEEP"},
+    "id": lambda: {"inputs": [OIP_INPUT], "id": "DEEP"},
+}
+
+
+@pytest.mark.parametrize("place", OIP_PLACES)
+def test_oip_json_nested_thousands_deep_anywhere_is_a_400_on_a_live_server(server, place):
+    body = json.dumps(OIP_PLACES[place]()).replace('"DEEP"', DEEP)
+    response = httpx.post(f"{server}/v2/models/fashion-mnist-decoder/infer", content=body, timeout=30)
+    assert response.status_code == 400 and "depth limit" in response.json()["error"]
