@@ -18,8 +18,11 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from service.settings import Settings
+
 from .live import ROOT
 from .load import Peer, Server, python_command, wrk
+from .overload import overload
 from .report import write_report
 from .scenarios import NPY, inprocess_rows_per_second, scenarios
 
@@ -126,6 +129,14 @@ def soak(args, all_scenarios, log_dir: Path) -> dict:
     return {"points": points}
 
 
+def run_overload(args, latent_dim: int, log_dir: Path) -> dict:
+    """vae-serve with default settings, offered ``overload_factor`` × its capacity, open loop."""
+    (scenario,) = [s for s in scenarios(latent_dim) if s.name.startswith(args.overload_scenario)][:1]
+    deadline_ms = Settings.model_fields["request_timeout_ms"].default
+    with Server(Peer(SERVICE, python_command("service"), {"VAE_DEFAULT_MODEL": args.model}), log_dir) as server:
+        return overload(server, scenario, args.overload_factor, args.overload_duration, deadline_ms)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5, help="seconds per wrk run (default 5)")
@@ -136,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cold-starts", type=int, default=3)
     parser.add_argument("--soak-requests", type=int, default=100_000, help="0 skips the memory soak")
     parser.add_argument("--soak-stretch", type=float, default=8, help="seconds between RSS readings in the soak")
+    parser.add_argument("--overload-scenario", default="elbo", help="open-loop overload on the scenario starting so")
+    parser.add_argument("--overload-factor", type=float, default=2.0, help="offered rate as a multiple of capacity")
+    parser.add_argument("--overload-duration", type=float, default=15, help="seconds of arrivals; 0 skips the run")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -158,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     results["runs"] = load_runs(args, chosen, log_dir)
     if args.soak_requests:
         results["soak"] = soak(args, chosen, log_dir)
+    if args.overload_duration:
+        results["overload"] = run_overload(args, latent_dim, log_dir)
     results["wall_s"] = time.perf_counter() - started
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, args.out)

@@ -69,6 +69,23 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
                 median <= 2,
             )
         )
+    if results.get("overload"):
+        o = results["overload"]
+        offered = f"{o['factor']:g}× capacity ({o['rate']:.0f} req/s offered, {o['capacity_rps']:.1f} served at c=64)"
+        rows.append(
+            (f"overload, open loop at {offered}: goodput ≥ 90 % of capacity", f"{100 * o['goodput_share']:.0f} %",
+             o["goodput_share"] >= 0.9)
+        )  # fmt: skip
+        rows.append(
+            ("overload: no error other than 503", f"{o['errors_other_than_503']} ({o['outcomes']})",
+             o["errors_other_than_503"] == 0)
+        )  # fmt: skip
+        p99 = o["p99_ok_ms"]
+        rows.append(
+            (f"overload: p99 of the 200s within the deadline ({o['deadline_ms']:g} ms)",
+             "no 200s" if p99 is None else f"{p99:.0f} ms (p50 {o['p50_ok_ms']:.0f} ms)",
+             p99 is not None and p99 <= o["deadline_ms"])
+        )  # fmt: skip
     if results.get("soak"):
         points = results["soak"]["points"]
         last, settled = points[-1], points[1] if len(points) > 2 else points[0]

@@ -134,3 +134,17 @@ def test_targets_are_judged_from_the_measured_ratios():
         "| 64 | n/a | 1.50× | 6.00× | n/a | n/a |" in report
     )  # sample n=1: ÷ no batching, naive, LitServe, hello, in-process
     assert "| **no** |" in report and "| yes |" in report
+
+
+def test_open_loop_keeps_its_arrival_rate_and_counts_every_outcome(tmp_path):
+    from benchmarks.overload import open_loop
+
+    with Server(Peer("hello", python_command("benchmarks.peers.hello") + ["{port}"]), tmp_path) as server:
+        run = open_loop(
+            server.url + "/sample", b'{"n": 1}', {"content-type": "application/json"}, rate=100, duration_s=1
+        )
+        missing = open_loop(server.url + "/nowhere", b"{}", {}, rate=20, duration_s=0.5)
+    assert run["requests"] == 100 and run["outcomes"] == {"200": 100} and run["errors_other_than_503"] == 0
+    assert 0.9 <= run["elapsed_s"] < 3  # arrivals spread over the second, not sent at once
+    assert 0 < run["p50_ok_ms"] <= run["p99_ok_ms"]
+    assert missing["outcomes"] == {"404": 10} and missing["errors_other_than_503"] == 10
