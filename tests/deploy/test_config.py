@@ -135,19 +135,30 @@ def test_compose_waits_out_the_drain_before_it_kills():
             assert int(service["stop_grace_period"].removesuffix("s")) > grace
 
 
-def dockerfile_stages() -> list[str]:
-    return re.findall(r"^FROM \S+ AS (\S+)$", (ROOT / "docker" / "Dockerfile").read_text(), flags=re.M)
+def dockerfile_stages(dockerfile: str = "docker/Dockerfile") -> list[str]:
+    return re.findall(r"^FROM \S+ AS (\S+)$", (ROOT / dockerfile).read_text(), flags=re.M)
 
 
-def built_images() -> dict[str, str]:
-    """image -> Dockerfile target, for every image compose.yaml builds."""
-    return {s["image"]: s["build"]["target"] for s in compose()["services"].values() if "build" in s}
+def built_images() -> dict[str, tuple[str, str | None]]:
+    """image -> (Dockerfile, target), for every image compose.yaml builds."""
+    return {
+        s["image"]: (s["build"]["dockerfile"], s["build"].get("target"))
+        for s in compose()["services"].values()
+        if "build" in s
+    }
 
 
 def test_the_default_docker_build_is_the_cpu_serving_image():
-    stages = dockerfile_stages()
-    assert stages[-1] == "cpu" and built_images()["vae-serve:latest"] == "cpu"
-    assert set(built_images().values()) <= set(stages)
+    assert dockerfile_stages()[-1] == "cpu" and built_images()["vae-serve:latest"] == ("docker/Dockerfile", "cpu")
+    for dockerfile, target in built_images().values():
+        assert (ROOT / dockerfile).is_file() and (target is None or target in dockerfile_stages(dockerfile))
+
+
+def test_no_stage_of_the_serving_dockerfile_installs_torch():
+    """Docker's classic builder builds every stage before the target: none may be the training image."""
+    text = (ROOT / "docker" / "Dockerfile").read_text().replace("\\\n", " ")
+    installs = re.findall(r"pip install ([^&;\n]*)", text)  # what each pip install is given
+    assert installs and not any("torch" in args or "[train]" in args for args in installs), installs
 
 
 @pytest.mark.parametrize("source", [f"k8s/{o}" for o in OVERLAYS] + ["kserve"])
