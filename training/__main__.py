@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
         sub.add_argument("--device", help="cpu or cuda[:N] (shorthand for --set train.device=...)")
         sub.add_argument("--data-dir", help="folder with the four IDX files (default: Debian's dataset package)")
+        sub.add_argument(
+            "--data", help="your images: a folder of image files, or an .npy / .npz array (shorthand for data.path)"
+        )
+        sub.add_argument("--name", help="the model's name: runs/<name>/ and models/<name>/ (shorthand for name)")
         sub.add_argument("--runs-dir", type=Path, default=Path("runs"), help="checkpoints and logs (default: runs/)")
         sub.add_argument("--models-dir", type=Path, default=Path("models"), help="exported models (default: models/)")
         sub.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
@@ -75,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     for flag, key in (
+        ("data", "data.path"),
+        ("name", "name"),
         ("epochs", "train.epochs"),
         ("seed", "train.seed"),
         ("device", "train.device"),
@@ -153,7 +159,7 @@ def _evaluate(cfg: Config, run_dir: Path, progress: bool) -> None:
         {**trained_cfg.to_dict(), "eval": cfg.to_dict()["eval"], "train": cfg.to_dict()["train"]}
     )
     train.use_device(trained_cfg)
-    splits = train.load_data(trained_cfg)
+    splits = train.load_data(trained_cfg, run_dir, progress)
     metrics = train.evaluate(trained_cfg, model, splits, cfg.train.device, progress)
     metrics["dataset_sha256"] = splits.sha256
     (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))

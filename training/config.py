@@ -16,21 +16,31 @@ from typing import Any
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
+DATASETS = ("fashion-mnist", "mnist", "images")
+
+
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "fashion-mnist"  # fashion-mnist | mnist
-    data_dir: str | None = None  # default: Debian's /usr/share/datasets/<dataset>, or the cache
-    validation_size: int = 5000  # taken from the end of the training set, never from the test set
+    dataset: str = "fashion-mnist"  # fashion-mnist | mnist | images (your own: a folder, .npy or .npz)
+    data_dir: str | None = None  # IDX datasets: default Debian's /usr/share/datasets/<dataset>, or the cache
+    validation_size: int = 5000  # IDX datasets: taken from the end of the training set, never from the test set
     subset: int | None = None  # use only the first N training images (smoke tests)
+    path: str | None = None  # images: a folder of image files, or an .npy / .npz array (--data)
+    image_size: tuple[int, ...] | None = None  # images: [H, W] to resize every image to; None: all must match
+    channels: int | None = None  # images: 1 or 3; None: 3 when any image has colour, else 1
+    test_fraction: float = 0.1  # images: the seeded share held out for the evaluation the manifest records
+    validation_fraction: float = 0.1  # images: the seeded share for early stopping (and export's calibration)
+    split_seed: int = 0
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    architecture: str = "conv"  # conv | mlp
+    image_shape: tuple[int, ...] = (28, 28, 1)  # (H, W, C); set from the data when training starts
+    architecture: str = "conv"  # conv | mlp | auto (conv where H and W allow it, else mlp)
     latent_dim: int = 32
     hidden: tuple[int, ...] = (32, 64)  # conv channels, or MLP widths
     dense: int = 512  # width of the dense layer between conv stack and latent (conv only)
@@ -86,10 +96,31 @@ class Config:
     def validate(self) -> Config:
         """Reject values training would choke on later, with the key named."""
         checks = [
-            (self.data.dataset in ("fashion-mnist", "mnist"), "data.dataset must be 'fashion-mnist' or 'mnist'"),
+            (self.data.dataset in DATASETS, f"data.dataset must be one of {', '.join(DATASETS)}"),
+            (
+                self.data.dataset != "images" or self.data.path is not None,
+                "data.path is required for images: --data PATH",
+            ),
+            (
+                self.data.image_size is None or (len(self.data.image_size) == 2 and min(self.data.image_size) >= 1),
+                "data.image_size must be [H, W] of positive sizes",
+            ),
+            (self.data.channels in (None, 1, 3), "data.channels must be 1 or 3"),
+            (
+                0 < self.data.test_fraction < 1
+                and 0 < self.data.validation_fraction < 1
+                and self.data.test_fraction + self.data.validation_fraction < 1,
+                "data.test_fraction and data.validation_fraction must be in (0, 1) and leave images to train on",
+            ),
+            (
+                len(self.model.image_shape) == 3
+                and min(self.model.image_shape) >= 1
+                and self.model.image_shape[2] in (1, 3),
+                "model.image_shape must be [H, W, 1] or [H, W, 3]",
+            ),
             (self.data.validation_size >= 0, "data.validation_size must be >= 0"),
             (self.data.subset is None or self.data.subset > 0, "data.subset must be > 0"),
-            (self.model.architecture in ("conv", "mlp"), "model.architecture must be 'conv' or 'mlp'"),
+            (self.model.architecture in ("conv", "mlp", "auto"), "model.architecture must be 'conv', 'mlp' or 'auto'"),
             (self.model.latent_dim >= 1, "model.latent_dim must be >= 1"),
             (
                 len(self.model.hidden) >= 1 and all(h >= 1 for h in self.model.hidden),

@@ -1,11 +1,14 @@
-"""Datasets: the IDX file format, Fashion-MNIST from Debian's package, MNIST downloads.
+"""Datasets: the IDX file format, Fashion-MNIST from Debian's package, MNIST downloads, and your
+own images (``training/images.py``).
 
-Pixels are scaled to [0, 1] float32, flattened to (N, 784). Bernoulli models train on
-dynamically binarized pixels and are evaluated on a statically binarized test set.
+Pixels are scaled to [0, 1] float32 and flattened in numpy/PIL order to (N, H·W·C), as the
+service receives them. Bernoulli models train on dynamically binarized pixels and are evaluated
+on a statically binarized test set.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import logging
@@ -147,9 +150,12 @@ def dataset_files(dataset: str, data_dir: str | None = None, mirrors=None) -> di
     raise DataError(f"unknown dataset {dataset!r}; expected 'fashion-mnist' or 'mnist'")
 
 
+FASHION_CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
+
+
 @dataclass(frozen=True)
 class Splits:
-    """Images as float32 in [0, 1], (N, 784); labels int64 (N,)."""
+    """Images as float32 in [0, 1], (N, H·W·C); labels int64 (N,)."""
 
     train: torch.Tensor
     train_labels: torch.Tensor
@@ -157,7 +163,9 @@ class Splits:
     validation_labels: torch.Tensor
     test: torch.Tensor
     test_labels: torch.Tensor
-    sha256: str  # over the four files, in FILES order: identifies the data a model saw
+    sha256: str  # identifies the data a model saw
+    image_shape: tuple[int, int, int] = (28, 28, 1)  # (H, W, C)
+    classes: tuple[str, ...] = tuple(str(c) for c in range(10))  # label -> name, for the latent map
 
 
 def _images(path: Path) -> torch.Tensor:
@@ -174,7 +182,36 @@ def _labels(path: Path, n: int) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.int64))
 
 
-def load_splits(dataset: str, data_dir: str | None, validation_size: int, subset: int | None = None) -> Splits:
+def load_splits(data, cache_dir: Path | None = None, progress: bool = False) -> Splits:
+    """The splits of ``data`` (a DataConfig): IDX datasets' own, or seeded fractions of your images."""
+    if data.dataset == "images":
+        return image_splits(data, cache_dir, progress)
+    splits = idx_splits(data.dataset, data.data_dir, data.validation_size, data.subset)
+    if data.dataset == "fashion-mnist":
+        return dataclasses.replace(splits, classes=FASHION_CLASSES)
+    return splits
+
+
+def image_splits(data, cache_dir: Path | None, progress: bool) -> Splits:
+    """Test, validation and training shares of a seeded permutation of your images."""
+    from .images import load_images
+
+    images = load_images(Path(data.path), data.image_size, data.channels, cache_dir, progress)
+    n = len(images.pixels)
+    n_test, n_val = round(n * data.test_fraction), round(n * data.validation_fraction)
+    if min(n_test, n_val, n - n_test - n_val) < 1:
+        raise DataError(f"{data.path}: {n} images are too few to split into training, validation and test")
+    order = np.random.default_rng(data.split_seed).permutation(n)
+    x = torch.from_numpy(images.pixels.reshape(n, -1).astype(np.float32) / 255.0)  # (N, H·W·C)
+    y = torch.from_numpy(images.labels)
+    test, val, fit = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+    if data.subset is not None:
+        fit = fit[: data.subset]
+    shape = tuple(int(d) for d in images.pixels.shape[1:])
+    return Splits(x[fit], y[fit], x[val], y[val], x[test], y[test], images.sha256, shape, images.classes)
+
+
+def idx_splits(dataset: str, data_dir: str | None, validation_size: int, subset: int | None = None) -> Splits:
     """Train / validation (the last ``validation_size`` training images) / test."""
     files = dataset_files(dataset, data_dir)
     train, test = _images(files["train_images"]), _images(files["test_images"])

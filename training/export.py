@@ -28,7 +28,7 @@ from torch import nn
 
 from . import objective
 from .config import Config
-from .model import IMAGE_SHAPE, IMAGE_SIZE, VAE
+from .model import VAE, resolve_architecture
 from .train import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -77,17 +77,17 @@ class ReparameterizeGraph(nn.Module):
 
 def graph_specs(model: VAE) -> dict[str, dict]:
     """Names, shapes (−1: a dynamic axis) and batch axes of each graph's inputs and outputs."""
-    z = model.cfg.latent_dim
+    z, size = model.cfg.latent_dim, model.image_size
     second = objective.PARAMETER[model.cfg.likelihood]
     specs = {
         "encoder": {
-            "inputs": {"x": [-1, IMAGE_SIZE]},
+            "inputs": {"x": [-1, size]},
             "outputs": {"mean": [-1, z], "log_var": [-1, z]},
             "batch_axes": {"x": 0},
         },
         "decoder": {
             "inputs": {"z": [-1, z]},
-            "outputs": {"image": [-1, IMAGE_SIZE], second: [-1, IMAGE_SIZE]},
+            "outputs": {"image": [-1, size], second: [-1, size]},
             "batch_axes": {"z": 0},
         },
         "reparameterize": {
@@ -96,7 +96,7 @@ def graph_specs(model: VAE) -> dict[str, dict]:
             "batch_axes": {"mean": 0, "log_var": 0, "eps": 1, "z": 1},
         },
         "score": {
-            "inputs": {"x": [-1, IMAGE_SIZE], "eps": [-1, -1, z]},
+            "inputs": {"x": [-1, size], "eps": [-1, -1, z]},
             "outputs": {name: [-1] for name in objective.Evidence._fields},
             "batch_axes": {"x": 0, "eps": 1},
         },
@@ -247,7 +247,7 @@ def write_model(
     model = model.float().cpu().eval()
     model_dir.mkdir(parents=True, exist_ok=True)
     specs = graph_specs(model)
-    examples, fresh = parity_inputs(cfg.model.latent_dim, np.random.default_rng(parity_seed))
+    examples, fresh = parity_inputs(model.image_size, cfg.model.latent_dim, np.random.default_rng(parity_seed))
     modules = {
         "encoder": EncoderGraph(model),
         "decoder": DecoderGraph(model),
@@ -279,7 +279,7 @@ def write_model(
     return json.loads(text)
 
 
-def parity_inputs(z_dim: int, rng: np.random.Generator) -> tuple[dict, dict]:
+def parity_inputs(image_size: int, z_dim: int, rng: np.random.Generator) -> tuple[dict, dict]:
     """Inputs to trace each graph with, and inputs of fresh shapes: parity on both proves the
     dynamic axes rather than assuming them."""
 
@@ -287,20 +287,20 @@ def parity_inputs(z_dim: int, rng: np.random.Generator) -> tuple[dict, dict]:
         return rng.standard_normal(shape, dtype=np.float32)
 
     examples = {
-        "encoder": {"x": rng.random((3, IMAGE_SIZE), dtype=np.float32)},
+        "encoder": {"x": rng.random((3, image_size), dtype=np.float32)},
         "decoder": {"z": normal(4, z_dim)},
         "reparameterize": {
             "mean": normal(5, z_dim),
             "log_var": normal(5, z_dim),
             "eps": normal(MAX_K_PARITY, 5, z_dim),
         },
-        "score": {"x": (rng.random((5, IMAGE_SIZE)) < 0.5).astype(np.float32), "eps": normal(MAX_K_PARITY, 5, z_dim)},
+        "score": {"x": (rng.random((5, image_size)) < 0.5).astype(np.float32), "eps": normal(MAX_K_PARITY, 5, z_dim)},
     }
     fresh = {
-        "encoder": {"x": rng.random((7, IMAGE_SIZE), dtype=np.float32)},
+        "encoder": {"x": rng.random((7, image_size), dtype=np.float32)},
         "decoder": {"z": normal(9, z_dim)},
         "reparameterize": {"mean": normal(2, z_dim), "log_var": normal(2, z_dim), "eps": normal(4, 2, z_dim)},
-        "score": {"x": (rng.random((6, IMAGE_SIZE)) < 0.3).astype(np.float32), "eps": normal(8, 6, z_dim)},
+        "score": {"x": (rng.random((6, image_size)) < 0.3).astype(np.float32), "eps": normal(8, 6, z_dim)},
     }
     return examples, fresh
 
@@ -324,7 +324,16 @@ def build_manifest(
         "dataset": {
             "name": cfg.data.dataset,
             "sha256": metrics.get("dataset_sha256"),
-            "validation_size": cfg.data.validation_size,
+            **(
+                {
+                    "path": cfg.data.path,
+                    "test_fraction": cfg.data.test_fraction,
+                    "validation_fraction": cfg.data.validation_fraction,
+                    "split_seed": cfg.data.split_seed,
+                }
+                if cfg.data.dataset == "images"
+                else {"validation_size": cfg.data.validation_size}
+            ),  # fmt: skip
         },
         "preprocessing": {
             "scale": "pixel / 255, values in [0, 1]",
@@ -334,11 +343,11 @@ def build_manifest(
                 else "none (continuous pixels)"
             ),
         },
-        "image_shape": [IMAGE_SHAPE[1], IMAGE_SHAPE[2], IMAGE_SHAPE[0]],  # (H, W, C)
+        "image_shape": list(cfg.model.image_shape),  # (H, W, C)
         "latent_dim": cfg.model.latent_dim,
         "likelihood": cfg.model.likelihood,
         "sigma": model.sigma,
-        "architecture": cfg.model.architecture,
+        "architecture": resolve_architecture(cfg.model),
         "config": cfg.to_dict(),
         "training": record,
         "command": command,

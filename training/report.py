@@ -1,6 +1,6 @@
 """PNG figures next to a model: training curves, reconstructions, prior samples, latent
 traversals, a 2-D map of test latent means by class (PCA beyond two dimensions), and for a
-2-D model the decoded manifold."""
+2-D model the decoded manifold. Images of any size, grayscale or RGB."""
 
 from __future__ import annotations
 
@@ -15,21 +15,23 @@ from .train import load_checkpoint, load_data, prepare_eval_images
 
 log = logging.getLogger(__name__)
 
-FASHION_CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
+MAX_INCHES = 20  # a figure's width: large images are shown smaller, not cut
 
 
-def _grid(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """(rows·cols, 784) -> one (rows·28, cols·28) image with 1-pixel gutters."""
-    canvas = np.ones((rows * 29 - 1, cols * 29 - 1), dtype=np.float32)
+def _grid(images: np.ndarray, rows: int, cols: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """(rows·cols, H·W·C) -> one (rows·H, cols·W[, C]) image with 1-pixel gutters."""
+    h, w, c = shape
+    canvas = np.ones((rows * (h + 1) - 1, cols * (w + 1) - 1, c), dtype=np.float32)
     for i, image in enumerate(images[: rows * cols]):
-        r, c = divmod(i, cols)
-        canvas[r * 29 : r * 29 + 28, c * 29 : c * 29 + 28] = image.reshape(28, 28)
-    return canvas
+        r, col = divmod(i, cols)
+        canvas[r * (h + 1) : r * (h + 1) + h, col * (w + 1) : col * (w + 1) + w] = image.reshape(h, w, c)
+    return canvas[..., 0] if c == 1 else canvas
 
 
 def _save_image(plt, canvas: np.ndarray, path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(canvas.shape[1] / 40 + 0.5, canvas.shape[0] / 40 + 0.8), dpi=100)
-    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    per_pixel = min(1 / 40, MAX_INCHES / canvas.shape[1])
+    fig, ax = plt.subplots(figsize=(canvas.shape[1] * per_pixel + 0.5, canvas.shape[0] * per_pixel + 0.8), dpi=100)
+    ax.imshow(canvas, cmap="gray" if canvas.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     fig.savefig(path, bbox_inches="tight")
@@ -69,7 +71,7 @@ def write_report(run_dir: Path, out_dir: Path, seed: int = 0) -> list[Path]:
     import matplotlib.pyplot as plt
 
     cfg, model, _ = load_checkpoint(run_dir / "best.pt")
-    splits = load_data(cfg)
+    splits = load_data(cfg, run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     test = prepare_eval_images(cfg, splits.test)
     generator = torch.Generator().manual_seed(seed)
@@ -78,7 +80,7 @@ def write_report(run_dir: Path, out_dir: Path, seed: int = 0) -> list[Path]:
         _reconstructions(plt, model, test[:32], out_dir),
         _samples(plt, model, generator, out_dir),
         _traversal(plt, model, out_dir),
-        *_latent_map(plt, cfg, model, test, splits.test_labels.numpy(), out_dir),
+        *_latent_map(plt, cfg, model, test, splits.test_labels.numpy(), splits.classes, out_dir),
     ]
     if cfg.model.latent_dim == 2:
         written.append(_manifold(plt, model, out_dir))
@@ -113,14 +115,19 @@ def _reconstructions(plt, model, x: torch.Tensor, out_dir: Path) -> Path:
     recon = model.mean_image(mean).numpy()
     paired = np.concatenate([x.numpy()[:16], recon[:16], x.numpy()[16:32], recon[16:32]])
     path = out_dir / "reconstructions.png"
-    _save_image(plt, _grid(paired, 4, 16), path, "test images (rows 1, 3) and reconstructions from E_q[z] (rows 2, 4)")
+    _save_image(
+        plt,
+        _grid(paired, 4, 16, model.cfg.image_shape),
+        path,
+        "test images (rows 1, 3) and reconstructions from E_q[z] (rows 2, 4)",
+    )
     return path
 
 
 def _samples(plt, model, generator: torch.Generator, out_dir: Path) -> Path:
     z = torch.randn((64, model.cfg.latent_dim), generator=generator)  # (64, Z)
     path = out_dir / "samples.png"
-    _save_image(plt, _grid(model.mean_image(z).numpy(), 8, 8), path, "E[x|z], z ~ N(0, I)")
+    _save_image(plt, _grid(model.mean_image(z).numpy(), 8, 8, model.cfg.image_shape), path, "E[x|z], z ~ N(0, I)")
     return path
 
 
@@ -134,11 +141,15 @@ def _traversal(plt, model, out_dir: Path) -> Path:
         z[d, :, d] = steps
     path = out_dir / "traversal.png"
     title = f"latent traversal: dimension d (row) from −3 to 3, others 0 (first {dims})"
-    _save_image(plt, _grid(model.mean_image(z.reshape(-1, z_dim)).numpy(), dims, len(steps)), path, title)
+    _save_image(
+        plt, _grid(model.mean_image(z.reshape(-1, z_dim)).numpy(), dims, len(steps), model.cfg.image_shape), path, title
+    )
     return path
 
 
-def _latent_map(plt, cfg, model, test: torch.Tensor, labels: np.ndarray, out_dir: Path) -> list[Path]:
+def _latent_map(
+    plt, cfg, model, test: torch.Tensor, labels: np.ndarray, classes: tuple[str, ...], out_dir: Path
+) -> list[Path]:
     """The test set's posterior means by class, on z (2-D) or its two principal directions, and
     the geometry that turns a click on the picture back into z."""
     z_dim = cfg.model.latent_dim
@@ -151,12 +162,12 @@ def _latent_map(plt, cfg, model, test: torch.Tensor, labels: np.ndarray, out_dir
         center, components, axis_label = np.zeros(2, np.float32), np.eye(2, dtype=np.float32), "z"
     points = (means - center) @ components.T  # (N, 2)
     fig, ax = plt.subplots(figsize=(6.2, 5), dpi=100)
-    for c in range(10):
+    for c in np.unique(labels):
         sel = labels == c
-        name = FASHION_CLASSES[c] if cfg.data.dataset == "fashion-mnist" else str(c)
-        ax.scatter(points[sel, 0], points[sel, 1], s=2, alpha=0.6, label=name)
+        ax.scatter(points[sel, 0], points[sel, 1], s=2, alpha=0.6, label=classes[c] or None)
     ax.set_xlabel(f"{axis_label} 1"), ax.set_ylabel(f"{axis_label} 2")
-    ax.legend(markerscale=5, fontsize=7, loc="best")
+    if any(classes):
+        ax.legend(markerscale=5, fontsize=7, loc="best")
     ax.set_title("test latent means E_q[z] by class", fontsize=10)
     fig.tight_layout()
     path = out_dir / "latent_map.png"
@@ -173,5 +184,5 @@ def _manifold(plt, model, out_dir: Path) -> Path:
     grid = torch.stack(torch.meshgrid(quantiles, quantiles.flip(0), indexing="xy"), -1).reshape(-1, 2)  # (n², 2)
     path = out_dir / "manifold.png"
     title = "decoded manifold: z on a grid of N(0, 1) quantiles (z1 across, z2 down)"
-    _save_image(plt, _grid(model.mean_image(grid).numpy(), n, n), path, title)
+    _save_image(plt, _grid(model.mean_image(grid).numpy(), n, n, model.cfg.image_shape), path, title)
     return path

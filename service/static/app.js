@@ -79,9 +79,11 @@ async function selectModel(name) {
   $("end-b").removeAttribute("src");
   for (const k of ["elbo", "reconstruction", "kl", "log_likelihood", "gap"]) $(`score-${k}`).textContent = "–";
   $("reconstruction").removeAttribute("src");
-  $("binarize-note").textContent = state.info.likelihood === "bernoulli"
-    ? "Bernoulli model: the drawing is binarized at 0.5 before scoring, as its test set is."
-    : "Gaussian model: continuous pixels are scored; log-densities can be positive.";
+  fitPad(state.info.image_shape);
+  $("binarize-note").textContent = (state.info.likelihood === "bernoulli"
+    ? "Bernoulli model: the image is binarized at 0.5 before scoring, as its test set is."
+    : "Gaussian model: continuous pixels are scored; log-densities can be positive.")
+    + (state.info.image_shape[2] === 3 ? " Colour model: upload an image (the pad draws in grayscale only)." : "");
   status(`model ${name}`);
   try {
     await Promise.all([sample(), decodeSliders(), loadMap()]);
@@ -159,39 +161,58 @@ async function interpolate() {
   $("strip").replaceChildren(...images.map((src, i) => Object.assign(document.createElement("img"), { src, alt: `step ${i}` })));
 }
 
-// ---- drawing, upload, encode and score
+// ---- drawing, upload, encode and score: the pad is the model's image_shape [H, W, C]
+const clearPad = (ctx) => { ctx.fillStyle = "#000"; ctx.fillRect(0, 0, ctx.canvas.width, ctx.canvas.height); };
+
+function fitPad([h, w, c]) {
+  const pad = $("pad");
+  pad.width = w;
+  pad.height = h;
+  pad.style.height = `${Math.round(196 * h / w)}px`;
+  pad.classList.toggle("colour", c === 3);  // drawing is for grayscale models; upload works for all
+  document.documentElement.style.setProperty("--aspect", `${w} / ${h}`);
+  clearPad(state.pad);
+}
+
 function setupPad() {
   const pad = $("pad");
   const ctx = pad.getContext("2d", { willReadFrequently: true });
-  const clear = () => { ctx.fillStyle = "#000"; ctx.fillRect(0, 0, 28, 28); };
-  clear();
+  clearPad(ctx);
   let last = null;
-  const at = (e) => { const r = pad.getBoundingClientRect(); return [(e.clientX - r.left) * 28 / r.width, (e.clientY - r.top) * 28 / r.height]; };
-  pad.addEventListener("pointerdown", (e) => { pad.setPointerCapture(e.pointerId); last = at(e); stroke(last, last); });
+  const at = (e) => { const r = pad.getBoundingClientRect(); return [(e.clientX - r.left) * pad.width / r.width, (e.clientY - r.top) * pad.height / r.height]; };
+  const drawable = () => state.info && state.info.image_shape[2] === 1;
+  pad.addEventListener("pointerdown", (e) => { if (!drawable()) return; pad.setPointerCapture(e.pointerId); last = at(e); stroke(last, last); });
   pad.addEventListener("pointermove", (e) => { if (last) { const p = at(e); stroke(last, p); last = p; } });
   pad.addEventListener("pointerup", () => { last = null; });
   function stroke(from, to) {
-    ctx.strokeStyle = "#fff"; ctx.lineWidth = 2.4; ctx.lineCap = "round";
+    ctx.strokeStyle = "#fff"; ctx.lineWidth = 2.4 * pad.width / 28; ctx.lineCap = "round";
     ctx.beginPath(); ctx.moveTo(...from); ctx.lineTo(...to); ctx.stroke();
   }
-  $("clear").addEventListener("click", clear);
+  $("clear").addEventListener("click", () => clearPad(ctx));
   $("upload").addEventListener("change", () => {
     const file = $("upload").files[0];
     if (!file) return;
     const image = new Image();
-    image.onload = () => { clear(); ctx.drawImage(image, 0, 0, 28, 28); URL.revokeObjectURL(image.src); encode(); };
+    image.onload = () => { clearPad(ctx); ctx.drawImage(image, 0, 0, pad.width, pad.height); URL.revokeObjectURL(image.src); encode(); };
     image.src = URL.createObjectURL(file);
   });
   return ctx;
 }
 
 function padPixels(ctx) {
-  const rgba = ctx.getImageData(0, 0, 28, 28).data;
-  const x = new Array(784);
-  for (let i = 0; i < 784; i++) {
-    let v = (0.299 * rgba[4 * i] + 0.587 * rgba[4 * i + 1] + 0.114 * rgba[4 * i + 2]) / 255;
-    if ($("invert").checked) v = 1 - v;
-    x[i] = state.info.likelihood === "bernoulli" ? (v >= 0.5 ? 1 : 0) : Math.round(v * 1000) / 1000;
+  // H·W·C numbers in [0, 1], numpy order: grayscale by luma, colour as R, G, B
+  const [h, w, c] = state.info.image_shape;
+  const rgba = ctx.getImageData(0, 0, w, h).data;
+  const x = new Array(h * w * c);
+  const bernoulli = state.info.likelihood === "bernoulli";
+  for (let i = 0; i < h * w; i++) {
+    const channels = c === 1
+      ? [(0.299 * rgba[4 * i] + 0.587 * rgba[4 * i + 1] + 0.114 * rgba[4 * i + 2]) / 255]
+      : [rgba[4 * i] / 255, rgba[4 * i + 1] / 255, rgba[4 * i + 2] / 255];
+    channels.forEach((value, k) => {
+      const v = $("invert").checked ? 1 - value : value;
+      x[i * c + k] = bernoulli ? (v >= 0.5 ? 1 : 0) : Math.round(v * 1000) / 1000;
+    });
   }
   return x;
 }
@@ -250,7 +271,7 @@ async function clickMap(e) {
 function start() {
   $("api-key").value = localStorage.getItem("vae-api-key") || "";
   $("api-key").addEventListener("change", () => { localStorage.setItem("vae-api-key", $("api-key").value.trim()); selectModel(state.model); });
-  state.pad = setupPad();
+  state.pad = setupPad();  // sized to each model in fitPad
   $("sample").addEventListener("click", sample);
   $("new-seed").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 1e9); sample(); });
   const debouncedSample = debounce(sample, 120);

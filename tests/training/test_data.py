@@ -119,7 +119,7 @@ def test_mnist_is_downloaded_from_the_mirrors_into_the_cache(tmp_path, http_serv
     (root / "bad" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"corrupt")
     files = data.dataset_files("mnist", None)
     assert all(p.parent == tmp_path / "cache" / "mnist" for p in files.values())
-    splits = data.load_splits("mnist", None, validation_size=5)
+    splits = data.idx_splits("mnist", None, validation_size=5)
     assert splits.train.shape == (25, 784) and splits.validation.shape == (5, 784) and splits.test.shape == (10, 784)
     assert float(splits.train.max()) <= 1.0 and float(splits.train.min()) >= 0.0
 
