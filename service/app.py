@@ -19,7 +19,7 @@ from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, RequestMiddleware
 from .registry import Registry
-from .routes import inference, meta, oip, playground
+from .routes import inference, meta, oip, playground, repository
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         warm_up = asyncio.create_task(asyncio.to_thread(registry.warm_up)) if settings.warmup else None
         if warm_up is None:
             registry.ready = True
+        stop_watching = registry.watch()  # poll mode and SIGHUP: new versions load while serving
         try:
             yield
         finally:
+            stop_watching()
             if warm_up is not None and not warm_up.done():
                 await asyncio.wait([warm_up], timeout=30)
             await registry.close()
@@ -77,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(inference.router)
     app.include_router(meta.router)
     app.include_router(oip.router)
+    app.include_router(repository.router)
     app.include_router(playground.router)
     app.mount("/static", StaticFiles(directory=playground.STATIC), name="static")
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

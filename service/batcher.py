@@ -231,6 +231,11 @@ class Batcher:
         self._slots: asyncio.Semaphore | None = None
         self._running: set[asyncio.Task] = set()
 
+    @property
+    def running(self) -> int:
+        """Runs in flight now."""
+        return len(self._running)
+
     def rows_of(self, inputs: Tensors) -> int:
         name = next(iter(inputs))
         return inputs[name].shape[self.batch_axes[name]]

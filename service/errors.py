@@ -52,6 +52,16 @@ class Unauthorized(ServiceError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(ServiceError):
+    status = 403
+
+
+class Conflict(ServiceError):
+    """The request is valid but the server's state or mode does not allow it now."""
+
+    status = 409
+
+
 class UnknownModel(ServiceError):
     status = 404
 

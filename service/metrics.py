@@ -50,6 +50,9 @@ class Metrics:
             registry=self.registry,
         )
         self.in_flight = Gauge("vae_requests_in_flight", "HTTP requests being handled", registry=self.registry)
+        self.model_loads = Counter(
+            "vae_model_loads", "model versions loaded, refused or unloaded", ["model", "result"], registry=self.registry
+        )
 
     def observer(self, model: str, graph: str) -> BatchObserver:
         return _Observer(self, model, graph)

@@ -10,7 +10,7 @@ import time
 
 from fastapi import Request
 
-from .errors import InvalidInput, TooLarge, Unauthorized
+from .errors import Forbidden, InvalidInput, TooLarge, Unauthorized
 from .settings import Settings
 
 TIMEOUT_HEADER = "x-timeout-ms"
@@ -36,6 +36,13 @@ def authorize(request: Request, keys: list[str]) -> None:
         matched |= hmac.compare_digest(presented.encode(), key.encode())
     if not matched:
         raise Unauthorized("invalid API key")
+
+
+def authorize_admin(request: Request, keys: list[str]) -> None:
+    """The repository API: an admin key (Bearer or X-API-Key, as ``authorize``); with none configured it is off."""
+    if not keys:
+        raise Forbidden("the repository API is off: set VAE_ADMIN_KEYS to use it")
+    authorize(request, keys)
 
 
 def header_timeout_s(request: Request) -> float | None:

@@ -118,14 +118,21 @@ def zero_inputs(spec: GraphSpec, rows: int) -> Tensors:
 
 @dataclass
 class ModelRuntime:
-    """One model: its manifest, an ORT session and a batcher per graph."""
+    """One version of one model: its manifest, an ORT session and a batcher per graph.
+
+    ``active`` counts the requests using it now: a version swapped out is closed only when none
+    is left, so a request that started on it ends on it, never on a mix of versions.
+    """
 
     name: str
+    version: str
+    path: Path  # the folder its manifest is in
     manifest: Manifest
     sessions: dict[str, ort.InferenceSession]
     provider: str
     batchers: dict[str, Batcher] = field(default_factory=dict)
     stats: dict[str, GraphStats] = field(default_factory=dict)  # per graph, for /v2/models/{m}/stats
+    active: int = 0
 
     @property
     def latent_dim(self) -> int:
@@ -141,26 +148,48 @@ class ModelRuntime:
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, inputs)))
 
+    @contextmanager
+    def in_use(self):
+        self.active += 1
+        try:
+            yield self
+        finally:
+            self.active -= 1
+
+    @property
+    def idle(self) -> bool:
+        """No request uses it, and nothing is queued or running in its batchers."""
+        return self.active == 0 and not any(len(b.queue) or b.running for b in self.batchers.values())
+
     # ``deadline``: a time.perf_counter() value; still queued then, the request gets DeadlineExceeded.
+    async def infer(self, graph: str, inputs: Tensors, weight: int = 1, deadline: float | None = None) -> Tensors:
+        """One graph through its batcher (each row costs ``weight``): what OIP calls directly."""
+        with self.in_use():
+            return await self.batchers[graph].submit(inputs, weight=weight, deadline=deadline)
+
     async def encode(self, x: np.ndarray, eps: np.ndarray, deadline: float | None = None) -> Tensors:
         """q(z|x): mean, log_var (B, Z) from x (B, D); with K = len(eps) > 0 draws, also z (B, K, Z)."""
-        out = await self.batchers["encoder"].submit({"x": x}, deadline=deadline)
-        if len(eps) == 0:
-            return out
-        inputs = {"mean": out["mean"], "log_var": out["log_var"], "eps": eps}  # eps (K, B, Z)
-        z = (await self.batchers["reparameterize"].submit(inputs, weight=len(eps), deadline=deadline))["z"]  # (K, B, Z)
-        return {**out, "z": np.ascontiguousarray(z.transpose(1, 0, 2))}  # (B, K, Z)
+        with self.in_use():  # both graphs of one version
+            out = await self.infer("encoder", {"x": x}, deadline=deadline)
+            if len(eps) == 0:
+                return out
+            inputs = {"mean": out["mean"], "log_var": out["log_var"], "eps": eps}  # eps (K, B, Z)
+            z = (await self.infer("reparameterize", inputs, weight=len(eps), deadline=deadline))["z"]  # (K, B, Z)
+            return {**out, "z": np.ascontiguousarray(z.transpose(1, 0, 2))}  # (B, K, Z)
 
     async def decode(self, z: np.ndarray, deadline: float | None = None) -> Tensors:
         """E[x|z]: image (B, D) from z (B, Z), plus the likelihood's parameters."""
-        return await self.batchers["decoder"].submit({"z": z}, deadline=deadline)
+        return await self.infer("decoder", {"z": z}, deadline=deadline)
 
     async def score(self, x: np.ndarray, eps: np.ndarray, deadline: float | None = None) -> Tensors:
         """x (B, D), eps (K, B, Z) -> elbo, reconstruction, kl, log_likelihood, gap, each (B,)."""
-        return await self.batchers["score"].submit({"x": x, "eps": eps}, weight=len(eps), deadline=deadline)
+        return await self.infer("score", {"x": x, "eps": eps}, weight=len(eps), deadline=deadline)
 
     async def close(self) -> None:
+        """Stop the batchers and drop the sessions: their memory goes back with them."""
         await asyncio.gather(*(b.close() for b in self.batchers.values()))
+        self.batchers.clear()  # their run closures refer back to this runtime: the cycle goes with them
+        self.sessions.clear()
 
     def warm_up(self) -> int:
         """Run every graph once per batch shape its batcher can produce; returns the runs made.
@@ -197,11 +226,26 @@ def make_batchers(runtime: ModelRuntime, settings: Settings, metrics: Metrics, e
 
 
 def load_model(
-    model_dir: Path, providers: list[str], settings: Settings, metrics: Metrics, executor: Executor
+    name: str,
+    model_dir: Path,
+    version: str | None,
+    providers: list[str],
+    settings: Settings,
+    metrics: Metrics,
+    executor: Executor,
 ) -> ModelRuntime:
-    """Manifest, sha256s, sessions, graph shapes, then batchers: any failure raises before it serves."""
+    """Manifest, sha256s, version, sessions, graph shapes, then batchers: any failure raises before it serves.
+
+    ``version``: the numbered folder it came from (Triton's layout), which the manifest must agree
+    with; None for a model folder that holds its manifest directly.
+    """
     started = time.perf_counter()
     manifest = load_manifest(model_dir)
+    if version is not None and manifest.version != version:
+        raise ManifestError(
+            f"{model_dir / 'manifest.json'}: version {manifest.version!r} in folder {version}/; export it with "
+            f"--set version={version} or put it in folder {manifest.version}/"
+        )
     options = session_options(settings)
     sessions = {}
     for graph in REQUIRED_GRAPHS:
@@ -217,10 +261,10 @@ def load_model(
             manifest.name,
             actual,
         )
-    runtime = ModelRuntime(model_dir.name, manifest, sessions, actual)
+    runtime = ModelRuntime(name, manifest.version, model_dir, manifest, sessions, actual)
     make_batchers(runtime, settings, metrics, executor)
     log.info(
-        "model %s v%s loaded on %s (image %s, latent_dim=%d, likelihood=%s) in %.2fs",
+        "model %s version %s loaded on %s (image %s, latent_dim=%d, likelihood=%s) in %.2fs",
         runtime.name,
         manifest.version,
         actual,

@@ -13,8 +13,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VAE_", protected_namespaces=("settings_",))
 
-    model_dir: Path = Field(Path("models"), description="folder of models/<name>/manifest.json")
+    model_dir: Path = Field(
+        Path("models"), description="the model repository: <name>/manifest.json, or <name>/<version>/manifest.json"
+    )
     default_model: str = Field("fashion-mnist", description="model used when a request names none")
+    model_control: Literal["none", "poll", "explicit"] = Field(
+        "none",
+        description=(
+            "none: load at start (SIGHUP rescans); poll: also rescan every VAE_MODEL_POLL_S; "
+            "explicit: change only through the repository API. Every mode loads what is there at start"
+        ),
+    )
+    model_poll_s: float = Field(5.0, gt=0, description="seconds between rescans of VAE_MODEL_DIR in poll mode")
+    admin_keys: str = Field(
+        "", description="comma-separated keys for the repository API (load/unload); empty: that API answers 403"
+    )
     providers: str = Field("auto", description="'auto' (CUDA if it works, then CPU) or a comma list of ORT providers")
     batching: bool = Field(
         True, description="coalesce concurrent requests into one ORT run (false: one request per run)"
@@ -94,6 +107,10 @@ class Settings(BaseSettings):
     @cached_property  # read on every inference request: split once
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @cached_property
+    def admin_key_list(self) -> list[str]:
+        return [k.strip() for k in self.admin_keys.split(",") if k.strip()]
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -48,6 +48,11 @@ def _rng(seed: int | None) -> tuple[int, np.random.Generator]:
     return seed, np.random.Generator(np.random.PCG64(seed))
 
 
+def _headers(model) -> dict[str, str]:
+    """Which model and version answered: a request runs on one version from start to end."""
+    return {"X-Model": model.name, "X-Model-Version": model.version}
+
+
 def _admit(request: Request) -> tuple[float, str]:
     """What needs no body: the API key, the deadline (a perf_counter value) and the answer's media type."""
     settings = request.app.state.settings
@@ -77,7 +82,7 @@ async def encode(request: Request):
     deadline, kind = _admit(request)
     _, model, x, eps = await _images_request(request, EncodeOptions)
     out = await run_or_abandon(request, model.encode(x, eps, deadline))
-    return arrays.answer(kind, "mean", out, {"model": model.name, **out}, {"X-Model": model.name})
+    return arrays.answer(kind, "mean", out, {"model": model.name, **out}, _headers(model))
 
 
 @router.post(
@@ -96,7 +101,7 @@ async def decode(request: Request):
     out = await run_or_abandon(request, model.decode(z, deadline))
     images = arrays.as_image_grid(out["image"], model.image_shape)
     body = {"model": model.name, "images": arrays.images_payload(images, options.format)}
-    return arrays.answer(kind, "images", {"images": images}, body, {"X-Model": model.name})
+    return arrays.answer(kind, "images", {"images": images}, body, _headers(model))
 
 
 @router.post(
@@ -116,7 +121,7 @@ async def sample(request: Request):
     out = await run_or_abandon(request, model.decode(z, deadline))
     images = arrays.as_image_grid(out["image"], model.image_shape)
     body = {"model": model.name, "seed": seed, "latents": z, "images": arrays.images_payload(images, options.format)}
-    headers = {"X-Model": model.name, "X-Seed": str(seed)}
+    headers = {**_headers(model), "X-Seed": str(seed)}
     return arrays.answer(kind, "images", {"images": images, "latents": z}, body, headers)
 
 
@@ -131,4 +136,4 @@ async def elbo(request: Request):
     deadline, kind = _admit(request)
     _, model, x, eps = await _images_request(request, ElboOptions)
     out = await run_or_abandon(request, model.score(x, eps, deadline))
-    return arrays.answer(kind, "log_likelihood", out, {"model": model.name, **out}, {"X-Model": model.name})
+    return arrays.answer(kind, "log_likelihood", out, {"model": model.name, **out}, _headers(model))

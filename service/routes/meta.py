@@ -27,9 +27,9 @@ router = APIRouter()
 REPORT_TYPES = {".png": "image/png", ".json": "application/json"}
 
 
-def report_files(registry: Registry, name: str) -> dict[str, FilePath]:
-    """The training report's figures (and the latent map's geometry) shipped with a model."""
-    folder = registry.settings.model_dir / name / "report"
+def report_files(model: ModelRuntime) -> dict[str, FilePath]:
+    """The training report's figures (and the latent map's geometry) shipped with a model version."""
+    folder = model.path / "report"
     if not folder.is_dir():
         return {}
     return {p.name: p for p in sorted(folder.iterdir()) if p.suffix in REPORT_TYPES and p.is_file()}
@@ -38,26 +38,31 @@ def report_files(registry: Registry, name: str) -> dict[str, FilePath]:
 def describe(model: ModelRuntime, registry: Registry) -> dict:
     return {
         **model.manifest.summary(),
+        **registry.entries[model.name].describe(),  # state, version, and a refused newer version if any
         "status": "available",
         "provider": model.provider,
         "default": model.name == registry.default_model,
-        "report": list(report_files(registry, model.name)),
+        "report": list(report_files(model)),
     }
 
 
-@router.get("/models", tags=["models"], summary="every model: manifest metadata, metrics, provider in use")
+def describe_unavailable(name: str, registry: Registry) -> dict:
+    return {**registry.entries[name].describe(), "status": "unavailable"}
+
+
+@router.get("/models", tags=["models"], summary="every model: version, state, manifest metadata, metrics, provider")
 async def list_models(registry: RegistryDep) -> dict:
     served = [describe(m, registry) for m in registry.models.values()]
-    refused = [{"name": name, "status": "unavailable", "reason": reason} for name, reason in registry.refused.items()]
-    return {"default": registry.default_model, "models": served + refused}
+    others = [describe_unavailable(n, registry) for n in registry.entries if n not in registry.models]
+    return {"default": registry.default_model, "models": served + others}
 
 
-@router.get("/models/{name}", tags=["models"], summary="one model's manifest metadata")
+@router.get("/models/{name}", tags=["models"], summary="one model: version, state, manifest metadata")
 async def get_model(name: Annotated[str, Path(examples=["fashion-mnist"])], registry: RegistryDep) -> dict:
     try:
         return describe(registry.resolve(name), registry)
     except ModelUnavailable:
-        return JSONResponse({"name": name, "status": "unavailable", "reason": registry.refused[name]}, status_code=503)
+        return JSONResponse(describe_unavailable(name, registry), status_code=503)
 
 
 @router.get("/models/{name}/report/{file}", tags=["models"], summary="a figure from the model's training report")
@@ -66,8 +71,7 @@ async def report_file(
     file: Annotated[str, Path(examples=["samples.png"])],
     registry: RegistryDep,
 ) -> FileResponse:
-    registry.resolve(name)
-    path = report_files(registry, name).get(file)  # only names listed from the folder: no path tricks
+    path = report_files(registry.resolve(name)).get(file)  # only names listed from the folder: no path tricks
     if path is None:
         raise UnknownModel(f"model {name!r} has no report file {file!r}")
     return FileResponse(path, media_type=REPORT_TYPES[path.suffix])

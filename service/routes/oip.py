@@ -38,14 +38,15 @@ def _graph(registry: Registry, name: str, version: str | None = None) -> tuple[M
     try:
         runtime = registry.resolve(model_name)
     except ModelUnavailable as exc:
-        raise ModelUnavailable(f"model {name!r} is unavailable: {registry.refused[model_name]}") from exc
+        reason = registry.entries[model_name].reason or "loading"
+        raise ModelUnavailable(f"model {name!r} is unavailable: {reason}") from exc
     except UnknownModel:
         runtime = None
     if runtime is None or not model_name or graph not in runtime.batchers:
         example = next(iter(_names(registry)), "none")
         raise UnknownModel(f"unknown model {name!r}; models are <model>-<graph>, e.g. {example}")
-    if version is not None and version != runtime.manifest.version:
-        raise UnknownModel(f"model {name!r} has no version {version!r} (it serves {runtime.manifest.version!r})")
+    if version is not None and version != runtime.version:
+        raise UnknownModel(f"model {name!r} has no version {version!r} (it serves {runtime.version!r})")
     return runtime, graph
 
 
@@ -83,7 +84,7 @@ async def server_ready(request: Request) -> Response:
 async def all_stats(request: Request) -> dict:
     return {
         "model_stats": [
-            runtime.stats[graph].report(f"{model}-{graph}", runtime.manifest.version)
+            runtime.stats[graph].report(f"{model}-{graph}", runtime.version)
             for model, runtime in _registry(request).models.items()
             for graph in runtime.batchers
         ]
@@ -94,7 +95,7 @@ async def all_stats(request: Request) -> dict:
 @router.get("/models/{name}/versions/{version}", summary="model metadata of one version")
 async def metadata(name: ModelName, request: Request, version: str | None = None) -> dict:
     runtime, graph = _graph(_registry(request), name, version)
-    return model_metadata(name, runtime.manifest.version, runtime.manifest.graphs[graph])
+    return model_metadata(name, runtime.version, runtime.manifest.graphs[graph])
 
 
 @router.get("/models/{name}/ready", summary="200 when the model can serve (empty body)", response_class=Response)
@@ -114,7 +115,7 @@ async def model_ready(name: ModelName, request: Request, version: str | None = N
 @router.get("/models/{name}/versions/{version}/stats", summary="statistics of one version", dependencies=KEYED)
 async def model_stats(name: ModelName, request: Request, version: str | None = None) -> dict:
     runtime, graph = _graph(_registry(request), name, version)
-    return {"model_stats": [runtime.stats[graph].report(name, runtime.manifest.version)]}
+    return {"model_stats": [runtime.stats[graph].report(name, runtime.version)]}
 
 
 @router.post("/models/{name}/infer", summary="inference, with JSON or binary tensors", dependencies=KEYED)
@@ -129,7 +130,7 @@ async def infer(name: ModelName, request: Request, version: str | None = None) -
     samples = parsed.inputs["eps"].shape[0] if "eps" in parsed.inputs else 0  # K: each row costs K graph rows
     rules.check_size(settings, rows, samples, rows_field="inputs")
     deadline = rules.deadline(settings, parsed.timeout_s, ("body", "parameters", "timeout"))
-    work = runtime.batchers[graph].submit(parsed.inputs, weight=max(1, samples), deadline=deadline)
+    work = runtime.infer(graph, parsed.inputs, weight=max(1, samples), deadline=deadline)
     results = await run_or_abandon(request, work)
-    body, headers = infer_response(name, runtime.manifest.version, parsed, results)
-    return Response(body, headers=headers)
+    body, headers = infer_response(name, runtime.version, parsed, results)
+    return Response(body, headers={**headers, "X-Model-Version": runtime.version})

