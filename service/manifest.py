@@ -44,11 +44,18 @@ class Manifest(BaseModel):
     architecture: str | None = None
     created_at: str | None = None
     dataset: dict[str, Any] = {}
+    anomaly: dict[str, Any] | None = None  # the anomaly score's calibration (service/anomaly.py)
 
     def summary(self) -> dict[str, Any]:
-        """What /models shows: everything but the bulky training config."""
+        """What /models shows: everything but the bulky training config and calibration data."""
         data = self.model_dump()
         data.pop("config", None)
+        calibration = data.pop("anomaly", None)
+        data["anomaly"] = (
+            None
+            if calibration is None
+            else {k: calibration[k] for k in ("method", "statistics", "samples", "fitted_on") if k in calibration}
+        )
         return data
 
     @property

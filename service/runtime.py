@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from . import anomaly
 from .batcher import Batcher, FanOut, Tensors, bucket_sizes
+from .errors import Conflict
 from .manifest import REQUIRED_GRAPHS, GraphSpec, Manifest, ManifestError, load_manifest
 from .metrics import GraphStats, Metrics
 from .settings import Settings
@@ -142,6 +144,12 @@ class ModelRuntime:
     def image_shape(self) -> tuple[int, int, int]:
         return self.manifest.image_shape
 
+    @property
+    def image_grid(self) -> tuple[int, ...]:
+        """An image's array shape in numpy/PIL order: (H, W) for grayscale, (H, W, 3) for colour."""
+        h, w, c = self.image_shape
+        return (h, w) if c == 1 else (h, w, c)
+
     def run_graph(self, graph: str, inputs: Tensors) -> Tensors:
         """Synchronous ORT run (called from the batcher's executor thread)."""
         session = self.sessions[graph]
@@ -184,6 +192,31 @@ class ModelRuntime:
     async def score(self, x: np.ndarray, eps: np.ndarray, deadline: float | None = None) -> Tensors:
         """x (B, D), eps (K, B, Z) -> elbo, reconstruction, kl, log_likelihood, gap, each (B,)."""
         return await self.infer("score", {"x": x, "eps": eps}, weight=len(eps), deadline=deadline)
+
+    async def anomaly(self, x: np.ndarray, eps: np.ndarray, threshold: float, maps: bool = False,
+                      deadline: float | None = None) -> Tensors:  # fmt: skip
+        """The calibrated anomaly score of images x (B, D) with ε (K, B, Z): score, percentile, outlier,
+        log_likelihood, each (B,), and ``statistics``, the five it is built from; with ``maps``,
+        |x − E[x|z=μ]| per pixel (B, D)."""
+        calibration = self.manifest.anomaly
+        if calibration is None:
+            raise Conflict(
+                f"model {self.name!r} has no anomaly calibration: export it again (python -m training export, "
+                f"or python -m training reexport {self.path})"
+            )
+        with self.in_use():  # all graphs of one version
+            encoded, scores = await asyncio.gather(
+                self.infer("encoder", {"x": x}, deadline=deadline),
+                self.infer("score", {"x": x, "eps": eps}, weight=len(eps), deadline=deadline),
+            )
+            stats = anomaly.statistics(scores, encoded["mean"], x.reshape(-1, *self.image_grid), calibration["latent"])
+            verdict = anomaly.judge(stats, calibration, threshold)
+            out = {"score": verdict.score, "percentile": verdict.percentile, "outlier": verdict.outlier,
+                   "log_likelihood": scores["log_likelihood"], "statistics": stats}  # fmt: skip
+            if maps:
+                reconstruction = (await self.infer("decoder", {"z": encoded["mean"]}, deadline=deadline))["image"]
+                out["maps"] = np.abs(x - reconstruction)  # (B, D)
+            return out
 
     async def close(self) -> None:
         """Stop the batchers and drop the sessions: their memory goes back with them."""

@@ -97,3 +97,29 @@ class ElboResponse(BaseModel):
     kl: list[float] = Field(..., description="KL(q(z|x) ‖ N(0, I)), closed form")
     log_likelihood: list[float] = Field(..., description="IWAE estimate of log p(x) with K samples")
     gap: list[float] = Field(..., description="log_likelihood − elbo ≥ 0: estimates KL(q(z|x) ‖ p(z|x))")
+
+
+class AnomalyOptions(_ImageOptions):
+    """Scores the values it is given, as /elbo; the calibration saw validation images as they are."""
+
+    samples: int = Field(100, ge=1, description="K importance samples for the statistics (calibrated with K = 100)")
+    threshold: float = Field(99.0, ge=0, le=100, description="percentile at or above which an input is an outlier")
+    maps: bool = Field(False, description="also return |x − E[x|z=μ]| per pixel: where an image is unusual")
+
+
+class AnomalyRequest(AnomalyOptions):
+    inputs: list[Image] = Field(..., min_length=1, description=IMAGES_DOC)
+    model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": [_EXAMPLE_IMAGE], "seed": 0}]})
+
+
+class AnomalyResponse(BaseModel):
+    """Per input. The score is the density of the model's own statistics (DoSE), calibrated on held-out
+    in-distribution images; raw log-likelihood alone ranks many out-of-distribution inputs as likely."""
+
+    model: str
+    score: list[float] = Field(..., description="higher is more anomalous")
+    percentile: list[float] = Field(..., description="share of calibration images scoring lower, 0–100")
+    outlier: list[bool] = Field(..., description="percentile ≥ threshold")
+    log_likelihood: list[float] = Field(..., description="IWAE estimate of log p(x), in nats (not the score)")
+    statistics: dict[str, list[float]] = Field(..., description="the statistics the score is built from")
+    maps: list | None = Field(None, description="|x − E[x|z=μ]| per pixel, shaped as the images (maps: true)")

@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from . import objective
+from .calibrate import calibrate
 from .config import Config
 from .model import VAE, resolve_architecture
-from .train import load_checkpoint
+from .train import load_checkpoint, load_data
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,9 @@ def export_model(run_dir: Path, model_dir: Path, command: str | None = None, par
         "best_val_elbo": ckpt.get("best_val_elbo"),
     }
     command = command or ckpt.get("command") or f"python -m training fit {cfg.name}"
-    return write_model(cfg, model, json.loads(eval_path.read_text()), record, command, model_dir, parity_seed)
+    validation = load_data(cfg, run_dir).validation.numpy()  # the anomaly score's calibration images
+    metrics = json.loads(eval_path.read_text())
+    return write_model(cfg, model, metrics, record, command, model_dir, validation, parity_seed)
 
 
 def reexport(model_dir: Path, parity_seed: int = 1234) -> dict:
@@ -237,13 +240,23 @@ def reexport(model_dir: Path, parity_seed: int = 1234) -> dict:
         log_scale = decoder.run(["log_scale"], {"z": np.zeros((1, cfg.model.latent_dim), np.float32)})[0]
         state["log_scale"] = torch.tensor(float(log_scale.reshape(-1)[0]))
     model.load_state_dict(state, strict=True)
-    return write_model(cfg, model.eval(), old["metrics"], old["training"], old["command"], model_dir, parity_seed)
+    validation = load_data(cfg).validation.numpy()  # the model's own config says where its data is
+    return write_model(cfg, model.eval(), old["metrics"], old["training"], old["command"], model_dir, validation,
+                       parity_seed)  # fmt: skip
 
 
 def write_model(
-    cfg: Config, model: VAE, metrics: dict, record: dict, command: str, model_dir: Path, parity_seed: int
+    cfg: Config,
+    model: VAE,
+    metrics: dict,
+    record: dict,
+    command: str,
+    model_dir: Path,
+    validation: np.ndarray,
+    parity_seed: int,
 ) -> dict:
-    """The graphs, their shared weights and the manifest, after the parity check against torch."""
+    """The graphs, their shared weights, the anomaly calibration (on ``validation``, never the test
+    split) and the manifest, after the parity check against torch."""
     model = model.float().cpu().eval()
     model_dir.mkdir(parents=True, exist_ok=True)
     specs = graph_specs(model)
@@ -273,6 +286,7 @@ def write_model(
     weights = model_dir / WEIGHTS_FILE
     weights_spec = {"path": WEIGHTS_FILE, "sha256": sha256_of(weights), "bytes": weights.stat().st_size}
     manifest = build_manifest(cfg, model, record, metrics, files, specs, parity, command, weights_spec)
+    manifest["anomaly"] = calibrate(model_dir, validation, tuple(cfg.model.image_shape), cfg.model.latent_dim)
     text = json.dumps(manifest, indent=2) + "\n"
     (model_dir / "manifest.json").write_text(text)
     log.info("wrote %s", model_dir / "manifest.json")

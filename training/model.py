@@ -42,6 +42,8 @@ class ChannelsFirst(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w, c = self.shape
+        if c == 1:  # one channel: the orders agree, and the graph needs no transpose
+            return x.reshape(-1, 1, h, w)
         return x.reshape(-1, h, w, c).permute(0, 3, 1, 2)
 
 
@@ -49,6 +51,8 @@ class ChannelsLast(nn.Module):
     """(B, C, H, W) -> (B, H·W·C) in numpy order."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            return x.flatten(1)
         return x.permute(0, 2, 3, 1).flatten(1)
 
 

@@ -16,6 +16,9 @@ from fastapi import APIRouter, Request
 from .. import arrays, rules
 from ..lifecycle import run_or_abandon
 from ..schemas import (
+    AnomalyOptions,
+    AnomalyRequest,
+    AnomalyResponse,
     DecodeOptions,
     DecodeRequest,
     ElboOptions,
@@ -137,3 +140,21 @@ async def elbo(request: Request):
     _, model, x, eps = await _images_request(request, ElboOptions)
     out = await run_or_abandon(request, model.score(x, eps, deadline))
     return arrays.answer(kind, "log_likelihood", out, {"model": model.name, **out}, _headers(model))
+
+
+@router.post(
+    "/anomaly",
+    response_model=AnomalyResponse,
+    summary="calibrated out-of-distribution score, its percentile and the outlier flag, per input",
+    openapi_extra=request_doc(AnomalyRequest, AnomalyOptions, NPY_IMAGES),
+    responses=array_responses("score", "score, percentile, outlier, log_likelihood, statistic_* and maps"),
+)
+async def anomaly(request: Request):
+    deadline, kind = _admit(request)
+    options, model, x, eps = await _images_request(request, AnomalyOptions)
+    out = await run_or_abandon(request, model.anomaly(x, eps, options.threshold, options.maps, deadline))
+    statistics = out.pop("statistics")
+    if "maps" in out:
+        out["maps"] = arrays.as_image_grid(out["maps"], model.image_shape)
+    flat = {**out, **{f"statistic_{name}": values for name, values in statistics.items()}}
+    return arrays.answer(kind, "score", flat, {"model": model.name, **out, "statistics": statistics}, _headers(model))

@@ -77,7 +77,7 @@ async function selectModel(name) {
   $("strip").replaceChildren();
   $("end-a").removeAttribute("src");
   $("end-b").removeAttribute("src");
-  for (const k of ["elbo", "reconstruction", "kl", "log_likelihood", "gap"]) $(`score-${k}`).textContent = "–";
+  for (const k of [...SCORES, "anomaly", "percentile"]) $(`score-${k}`).textContent = "–";
   $("reconstruction").removeAttribute("src");
   fitPad(state.info.image_shape);
   $("binarize-note").textContent = (state.info.likelihood === "bernoulli"
@@ -217,6 +217,16 @@ function padPixels(ctx) {
   return x;
 }
 
+const SCORES = ["elbo", "reconstruction", "kl", "log_likelihood", "gap"];
+
+async function showAnomaly(x) {
+  // the calibrated out-of-distribution score: only for models exported with a calibration
+  if (!state.info.anomaly) { $("score-anomaly").textContent = "not calibrated"; return; }
+  const out = await api("/anomaly", { model: state.model, inputs: [x], seed: 0 });
+  $("score-anomaly").textContent = out.score[0].toFixed(2) + (out.outlier[0] ? " (outlier)" : "");
+  $("score-percentile").textContent = out.percentile[0].toFixed(1);
+}
+
 async function encode() {
   const x = padPixels(state.pad);
   try {
@@ -224,7 +234,8 @@ async function encode() {
       api("/encode", { model: state.model, inputs: [x] }),
       api("/elbo", { model: state.model, inputs: [x], samples: 100, seed: 0 }),
     ]);
-    for (const k of ["elbo", "reconstruction", "kl", "log_likelihood", "gap"]) $(`score-${k}`).textContent = scores[k][0].toFixed(2);
+    for (const k of SCORES) $(`score-${k}`).textContent = scores[k][0].toFixed(2);
+    await showAnomaly(x);
     state.encoded = posterior.mean[0];
     const [src] = await decode([state.encoded]);
     $("reconstruction").src = src;

@@ -39,12 +39,24 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("own")
     write_folder(tmp / "photos", size=(16, 16), per_class=40)
     rng = np.random.default_rng(0)
-    np.save(tmp / "small.npy", rng.integers(0, 256, (120, 8, 8), dtype=np.uint8))
-    np.save(tmp / "odd.npy", rng.random((120, 10, 6)).astype(np.float32))
+    np.save(tmp / "small.npy", rng.integers(0, 256, (240, 8, 8), dtype=np.uint8))
+    np.save(tmp / "odd.npy", rng.random((240, 10, 6)).astype(np.float32))
     assert fit(tmp, tmp / "photos", "own-rgb") == 0
     assert fit(tmp, tmp / "small.npy", "own-8x8", "--set", "model.likelihood='bernoulli'") == 0
     assert fit(tmp, tmp / "odd.npy", "own-odd") == 0
+    np.save(tmp / "squares.npy", squares(400, seed=1))
+    assert fit(tmp, tmp / "squares.npy", "own-squares", "--epochs", "8") == 0
     return tmp
+
+
+def squares(n: int, seed: int) -> np.ndarray:
+    """Structured images: a coloured square at a random place on a dark, slightly noisy background."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 30, (n, 16, 16, 3), dtype=np.uint8)
+    for image in images:
+        y, x = rng.integers(0, 10, 2)
+        image[y : y + 6, x : x + 6] = rng.integers(120, 256, 3)
+    return images
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +75,9 @@ def npy(array) -> bytes:
 def test_the_manifests_carry_the_image_shape_and_the_architecture_follows_it(client):
     models = {m["name"]: m for m in client.get("/models").json()["models"]}
     assert {n: m["image_shape"] for n, m in models.items()} == {
-        "own-rgb": [16, 16, 3], "own-8x8": [8, 8, 1], "own-odd": [10, 6, 1]}  # fmt: skip
-    assert {n: m["architecture"] for n, m in models.items()} == {"own-rgb": "conv", "own-8x8": "conv", "own-odd": "mlp"}
+        "own-rgb": [16, 16, 3], "own-8x8": [8, 8, 1], "own-odd": [10, 6, 1], "own-squares": [16, 16, 3]}  # fmt: skip
+    architectures = {"own-rgb": "conv", "own-8x8": "conv", "own-odd": "mlp", "own-squares": "conv"}
+    assert {n: m["architecture"] for n, m in models.items()} == architectures
     rgb = models["own-rgb"]
     assert rgb["dataset"]["name"] == "images" and rgb["metrics"]["test_bits_per_dim"] > 0
     assert {"latent_map.png", "samples.png", "reconstructions.png"} <= set(rgb["report"])
@@ -188,3 +201,18 @@ def test_the_playground_follows_each_models_size_and_colour(trained, tmp_path):
         assert errors == []
     finally:
         server.stop()
+
+
+def test_the_anomaly_score_flags_noise_and_constants_on_small_synthetic_data(client):
+    """The squares model's calibration came from its own validation split (40 images) at export."""
+    inside = squares(40, seed=9) / 255.0  # more of the training distribution
+    rng = np.random.default_rng(4)
+    noise = rng.random((20, 16, 16, 3))
+    constants = np.repeat(rng.random((20, 1, 1, 3)), 16, 1).repeat(16, 2)
+    verdicts = {
+        name: client.post("/anomaly", json={"model": "own-squares", "inputs": images.tolist(), "seed": 0}).json()
+        for name, images in (("inside", inside), ("noise", noise), ("constants", constants))
+    }
+    assert all(verdicts["noise"]["outlier"]) and all(verdicts["constants"]["outlier"])
+    assert np.mean(verdicts["inside"]["outlier"]) <= 0.25
+    assert min(verdicts["noise"]["score"]) > np.median(verdicts["inside"]["score"])

@@ -123,6 +123,9 @@ def test_drawing_and_encoding_shows_the_scores_and_a_reconstruction(page):
     score = {f: float(page.locator(f"#score-{f}").inner_text()) for f in ("elbo", "kl", "log_likelihood", "gap")}
     assert score["kl"] > 0 and score["gap"] >= 0 and score["log_likelihood"] >= score["elbo"]
     assert loaded(page, "#reconstruction")["std"] > 10
+    expect(page.locator("#score-anomaly")).to_have_text(re.compile(r"^-?\d+\.\d\d( \(outlier\))?$"))
+    percentile = float(page.locator("#score-percentile").inner_text())  # a hand drawing beside the calibration
+    assert 0 <= percentile <= 100
 
 
 def test_the_model_picker_switches_models_and_the_2d_map_decodes_a_click(page):

@@ -38,6 +38,9 @@ def test_manifest_round_trip(exported):
     assert on_disk["latent_dim"] == 4 and on_disk["likelihood"] == "bernoulli"
     assert on_disk["image_shape"] == [28, 28, 1] and on_disk["manifest_version"] == export.MANIFEST_VERSION
     assert on_disk["command"] == "pytest"
+    calibration = on_disk["anomaly"]
+    assert calibration["fitted_on"] == {"split": "validation", "images": 500, "densities": 250, "quantiles": 250}
+    assert len(calibration["quantiles"]) == 1001 and calibration["quantiles"] == sorted(calibration["quantiles"])
     assert on_disk["metrics"]["iwae_samples"] == 8 and "test_nll" in on_disk["metrics"]
     for name, graph in on_disk["graphs"].items():
         path = model_dir / graph["path"]
@@ -122,9 +125,8 @@ def test_reexport_rebuilds_the_same_model_from_its_graphs(tmp_path, exported):
     again = export.reexport(copy)
     assert again["weights"]["sha256"] == manifest["weights"]["sha256"]
     assert again["graphs"]["encoder"]["sha256"] == manifest["graphs"]["encoder"]["sha256"]
-    assert {k: again[k] for k in ("metrics", "training", "command", "config")} == {
-        k: manifest[k] for k in ("metrics", "training", "command", "config")
-    }
+    same = ("metrics", "training", "command", "config", "anomaly")  # the calibration too: same split, same seed
+    assert {k: again[k] for k in same} == {k: manifest[k] for k in same}
     rng = np.random.default_rng(3)
     inputs = {
         "x": (rng.random((4, 784)) < 0.5).astype(np.float32),
