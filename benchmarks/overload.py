@@ -62,12 +62,21 @@ def open_loop(url: str, body: bytes, headers: dict, rate: float, duration_s: flo
     }
 
 
+CAPACITY_CONNECTIONS = 16  # enough to keep a heavy scenario's graph busy, few enough for a small queue
+
+
 def overload(server: Server, scenario: Scenario, factor: float, duration_s: float, deadline_ms: float) -> dict:
-    """Capacity by wrk at c=64, then an open-loop run at ``factor`` × capacity."""
+    """Capacity by wrk (closed loop, CAPACITY_CONNECTIONS), then an open-loop run at ``factor`` × capacity.
+
+    wrk's connections must fit the queue: past it they spin on instant 503s and take the CPU the
+    model needs, which measures the spinning, not the capacity.
+    """
     body, content_type, accept, path = scenario.request(True)
-    wrk(server.url + path, body, content_type, accept, 64, 2)  # warm-up
+    wrk(server.url + path, body, content_type, accept, CAPACITY_CONNECTIONS, 2)  # warm-up
     server.wait_idle()
-    capacity = wrk(server.url + path, body, content_type, accept, 64, duration_s)["rps"]
+    measured = wrk(server.url + path, body, content_type, accept, CAPACITY_CONNECTIONS, duration_s)
+    # 200s only: a small queue answers 503 at once, and those are not capacity
+    capacity = (measured["requests"] - measured["errors"]) / (measured["duration_us"] / 1e6)
     server.wait_idle()
     headers = {"content-type": content_type, "accept": accept}
     run = open_loop(server.url + path, body, headers, factor * capacity, duration_s)

@@ -71,7 +71,7 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
         )
     if results.get("overload"):
         o = results["overload"]
-        offered = f"{o['factor']:g}× capacity ({o['rate']:.0f} req/s offered, {o['capacity_rps']:.1f} served at c=64)"
+        offered = f"{o['factor']:g}× capacity ({o['rate']:.0f} req/s offered, {o['capacity_rps']:.1f} closed-loop)"
         rows.append(
             (f"overload, open loop at {offered}: goodput ≥ 90 % of capacity", f"{100 * o['goodput_share']:.0f} %",
              o["goodput_share"] >= 0.9)
