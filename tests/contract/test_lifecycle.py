@@ -102,10 +102,10 @@ def test_swapping_versions_through_the_repository_api_under_load_fails_no_reques
     server, url = start(repository, tmp_path, model_control="explicit", admin_keys=ADMIN)
     try:
         references = {"1": reference(url, "1")}
-        client = triton.InferenceServerClient(url.removeprefix("http://"))
         traffic = Traffic(url)
 
-        def swaps():
+        def swaps():  # in a thread of its own: tritonclient (gevent) needs a client per thread
+            client = triton.InferenceServerClient(url.removeprefix("http://"))
             for version in (2, 3):
                 make_version(repository / "m" / str(version), version)
                 client.load_model("m", headers=admin())  # returns once the new version serves
@@ -117,6 +117,7 @@ def test_swapping_versions_through_the_repository_api_under_load_fails_no_reques
 
         asyncio.run(traffic.during(swaps))
         assert traffic.check(references) >= {"1", "2"}  # the old and the new served meanwhile
+        client = triton.InferenceServerClient(url.removeprefix("http://"))
         index = {m["name"]: m for m in client.get_model_repository_index(headers=admin())}
         assert index["m"] == {"name": "m", "version": "1", "state": "READY"}
         assert httpx.get(f"{url}/health/ready").status_code == 200
