@@ -81,7 +81,7 @@ async function selectModel(name) {
   $("reconstruction").removeAttribute("src");
   fitPad(state.info.image_shape);
   $("binarize-note").textContent = (state.info.likelihood === "bernoulli"
-    ? "Bernoulli model: the image is binarized at 0.5 before scoring, as its test set is."
+    ? "Bernoulli model: the image is binarized at 0.5 for its ELBO, as its test set is (the anomaly score sees it as drawn)."
     : "Gaussian model: continuous pixels are scored; log-densities can be positive.")
     + (state.info.image_shape[2] === 3 ? " Colour model: upload an image (the pad draws in grayscale only)." : "");
   status(`model ${name}`);
@@ -199,12 +199,12 @@ function setupPad() {
   return ctx;
 }
 
-function padPixels(ctx) {
+function padPixels(ctx, binarize) {
   // H·W·C numbers in [0, 1], numpy order: grayscale by luma, colour as R, G, B
   const [h, w, c] = state.info.image_shape;
   const rgba = ctx.getImageData(0, 0, w, h).data;
   const x = new Array(h * w * c);
-  const bernoulli = state.info.likelihood === "bernoulli";
+  const bernoulli = binarize && state.info.likelihood === "bernoulli";
   for (let i = 0; i < h * w; i++) {
     const channels = c === 1
       ? [(0.299 * rgba[4 * i] + 0.587 * rgba[4 * i + 1] + 0.114 * rgba[4 * i + 2]) / 255]
@@ -222,20 +222,21 @@ const SCORES = ["elbo", "reconstruction", "kl", "log_likelihood", "gap"];
 async function showAnomaly(x) {
   // the calibrated out-of-distribution score: only for models exported with a calibration
   if (!state.info.anomaly) { $("score-anomaly").textContent = "not calibrated"; return; }
+  // as drawn, not binarized: the calibration saw validation images as they are
   const out = await api("/anomaly", { model: state.model, inputs: [x], seed: 0 });
   $("score-anomaly").textContent = out.score[0].toFixed(2) + (out.outlier[0] ? " (outlier)" : "");
   $("score-percentile").textContent = out.percentile[0].toFixed(1);
 }
 
 async function encode() {
-  const x = padPixels(state.pad);
+  const x = padPixels(state.pad, true);
   try {
     const [posterior, scores] = await Promise.all([
       api("/encode", { model: state.model, inputs: [x] }),
       api("/elbo", { model: state.model, inputs: [x], samples: 100, seed: 0 }),
     ]);
     for (const k of SCORES) $(`score-${k}`).textContent = scores[k][0].toFixed(2);
-    await showAnomaly(x);
+    await showAnomaly(padPixels(state.pad, false));
     state.encoded = posterior.mean[0];
     const [src] = await decode([state.encoded]);
     $("reconstruction").src = src;
