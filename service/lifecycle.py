@@ -2,8 +2,8 @@
 
 - ``run_or_abandon``: awaits the batcher, and cancels the queued work if the client disconnects,
   so an abandoned request never reaches onnxruntime.
-- ``Lifecycle``: the in-flight count and the draining flag that ``RequestMiddleware`` keeps and the
-  SIGTERM handler in ``__main__`` waits on.
+- ``Lifecycle``: the draining flag the SIGTERM handler in ``__main__`` sets and ``RequestMiddleware``
+  and readiness read.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ T = TypeVar("T")
 @dataclass
 class Lifecycle:
     draining: bool = False
-    in_flight: int = 0
 
 
 def not_ready(request: Request) -> str | None:

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: the request's id, in-flight count, drain, metrics and access log; and the
+"""Pure ASGI middleware: the request's id, drain, metrics (in flight too) and access log; and the
 body-size limit (413)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ _ids = random.Random(int.from_bytes(os.urandom(16), "big"))  # request ids: uniq
 
 class RequestMiddleware:
     """Per request: its id (the client's X-Request-ID or a new one, echoed, in every log line), the
-    in-flight count, the drain (503 for new requests and ``Connection: close`` on every answer once
+    in-flight gauge, the drain (503 for new requests and ``Connection: close`` on every answer once
     draining), the metrics by route template, and the optional access log."""
 
     def __init__(self, app, metrics: Metrics, lifecycle: Lifecycle, access_log: bool = False):
@@ -48,7 +48,6 @@ class RequestMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        self.lifecycle.in_flight += 1
         self.metrics.in_flight.inc()
         try:
             if self.lifecycle.draining and not scope["path"].startswith(ALWAYS_OPEN):
@@ -61,7 +60,6 @@ class RequestMiddleware:
                 await _reject(send_with_id, 503, "shutting down: the grace period ran out", [(b"retry-after", b"1")])
             raise
         finally:
-            self.lifecycle.in_flight -= 1
             self.metrics.in_flight.dec()
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"  # templates only: bounded label values

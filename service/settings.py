@@ -106,22 +106,27 @@ class Settings(BaseSettings):
 
     @cached_property  # read on every inference request: split once
     def api_key_list(self) -> list[str]:
-        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        return comma_list(self.api_keys)
 
     @cached_property
     def admin_key_list(self) -> list[str]:
-        return [k.strip() for k in self.admin_keys.split(",") if k.strip()]
+        return comma_list(self.admin_keys)
 
     @property
     def cors_origin_list(self) -> list[str]:
-        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+        return comma_list(self.cors_origins)
 
     @property
     def provider_list(self) -> list[str] | None:
         """None for automatic selection, else the providers in the order given."""
         if self.providers.strip().lower() == "auto":
             return None
-        return [p.strip() for p in self.providers.split(",") if p.strip()]
+        return comma_list(self.providers)
+
+
+def comma_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: how every list-valued setting is written."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 @lru_cache
