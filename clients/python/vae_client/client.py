@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 
 from . import wire
-from .errors import Busy, Timeout, VaeError, from_response
+from .errors import Timeout, VaeError, from_response
 from .images import Images, batch
 
 
@@ -175,10 +175,22 @@ def _pause(attempt: int, response: httpx.Response | None) -> float:
     return base * (0.5 + random.random())
 
 
-def _answer(call: Call, response: httpx.Response):
+def _settle(call: Call, attempt: int, retries: int, response: httpx.Response | None, error: Exception | None,
+            base_url) -> tuple[bool, object]:  # fmt: skip
+    """The retry policy, without I/O: (True, the answer) when the call is done, (False, the pause)
+    when it should be sent again; an error answer, a timeout or a last failure raises."""
+    last = attempt == retries
+    if isinstance(error, httpx.TimeoutException):
+        raise Timeout(0, str(error), f"no answer within the client's timeout: {error}") from error
+    if error is not None:
+        if last:
+            raise VaeError(0, str(error), f"cannot reach {base_url}: {error}") from error
+        return False, _pause(attempt, None)
+    if response.status_code == 503 and not last:
+        return False, _pause(attempt, response)
     if response.status_code >= 400:
         raise from_response(response)
-    return call.read(response)
+    return True, call.read(response)
 
 
 class Client(_Calls):
@@ -200,20 +212,19 @@ class Client(_Calls):
         self.http.close()
 
     def _send(self, call: Call):
-        for attempt in range(self.retries + 1):
-            response = None
+        attempt = 0
+        while True:  # the last attempt always settles: it answers or raises
+            response, error = None, None
             try:
                 response = self.http.request(call.method, call.path, params=call.params, content=call.content,
                                              json=call.json, headers=call.headers)  # fmt: skip
-            except httpx.TimeoutException as exc:
-                raise Timeout(0, str(exc), f"no answer within the client's timeout: {exc}") from exc
             except httpx.TransportError as exc:
-                if attempt == self.retries:
-                    raise VaeError(0, str(exc), f"cannot reach {self.http.base_url}: {exc}") from exc
-            if response is not None and (response.status_code != 503 or attempt == self.retries):
-                return _answer(call, response)
-            time.sleep(_pause(attempt, response))
-        raise Busy(503, "retries exhausted")  # not reached: the last attempt answers or raises
+                error = exc
+            done, value = _settle(call, attempt, self.retries, response, error, self.http.base_url)
+            if done:
+                return value
+            time.sleep(value)
+            attempt += 1
 
     def sample(
         self, n: int = 1, seed: int | None = None, temperature: float = 1.0, model: str | None = None
@@ -260,20 +271,19 @@ class AsyncClient(_Calls):
         await self.http.aclose()
 
     async def _send(self, call: Call):
-        for attempt in range(self.retries + 1):
-            response = None
+        attempt = 0
+        while True:  # as Client._send, awaited
+            response, error = None, None
             try:
                 response = await self.http.request(call.method, call.path, params=call.params, content=call.content,
                                                    json=call.json, headers=call.headers)  # fmt: skip
-            except httpx.TimeoutException as exc:
-                raise Timeout(0, str(exc), f"no answer within the client's timeout: {exc}") from exc
             except httpx.TransportError as exc:
-                if attempt == self.retries:
-                    raise VaeError(0, str(exc), f"cannot reach {self.http.base_url}: {exc}") from exc
-            if response is not None and (response.status_code != 503 or attempt == self.retries):
-                return _answer(call, response)
-            await asyncio.sleep(_pause(attempt, response))
-        raise Busy(503, "retries exhausted")
+                error = exc
+            done, value = _settle(call, attempt, self.retries, response, error, self.http.base_url)
+            if done:
+                return value
+            await asyncio.sleep(value)
+            attempt += 1
 
     async def sample(self, n: int = 1, seed: int | None = None, temperature: float = 1.0,
                      model: str | None = None) -> Samples:  # fmt: skip
