@@ -65,7 +65,9 @@ def ensure_engine() -> None:
     if engine_answers():
         return
     with open(Path(tempfile.gettempdir()) / "vae-serve-dockerd.log", "ab") as log:  # dockerd keeps its own copy
-        subprocess.Popen(["dockerd", "--storage-driver=vfs"], stdout=log, stderr=log, start_new_session=True)
+        # setsid -f forks the daemon off and returns at once: dockerd outlives the test session, and no Popen
+        # object is left to be collected while its process still runs (a ResourceWarning, an error here)
+        subprocess.run(["setsid", "-f", "dockerd", "--storage-driver=vfs"], stdout=log, stderr=log, check=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if engine_answers():
