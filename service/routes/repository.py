@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 
 from .. import rules
-from ..arrays import NumpyJSONResponse
+from ..arrays import NumpyJSONResponse, parse_json
 from ..errors import OIP_PREFIX, Conflict, InvalidInput
 from ..registry import LOADING, READY, Registry
 
@@ -39,6 +39,18 @@ def _registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
+async def _body(request: Request) -> dict:
+    """The request's JSON object; Triton's clients send none, ``{}`` or ``{"parameters": {...}}``."""
+    body = await request.body()
+    data = parse_json(body) if body.strip() else {}
+    if not isinstance(data, dict):
+        raise InvalidInput(f"the body must be a JSON object, got {type(data).__name__}")
+    parameters = data.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f"'parameters' must be a JSON object, got {type(parameters).__name__}")
+    return {**data, "parameters": parameters}
+
+
 def _explicit(request: Request, action: str) -> None:
     mode = request.app.state.settings.model_control
     if mode != "explicit":
@@ -47,7 +59,10 @@ def _explicit(request: Request, action: str) -> None:
 
 @router.post("/index", summary="every model of the repository: name, version, state (and why, if unavailable)")
 async def index(request: Request) -> list[dict]:
-    entries = _registry(request).entries.values()
+    ready_only = (await _body(request)).get("ready", False)
+    if not isinstance(ready_only, bool):
+        raise InvalidInput(f"'ready' must be true or false, got {ready_only!r}")
+    entries = [e for e in _registry(request).entries.values() if e.state == READY or not ready_only]
     return [
         {"name": e.name, "version": e.version or "", "state": STATES.get(e.state, "UNAVAILABLE")}
         | ({"reason": e.reason} if e.reason else {})
@@ -57,6 +72,9 @@ async def index(request: Request) -> list[dict]:
 
 @router.post("/models/{name}/load", summary="load (or swap to) the newest version of a model folder")
 async def load(name: Name, request: Request) -> Response:
+    overrides = [key for key in (await _body(request))["parameters"] if key == "config" or key.startswith("file:")]
+    if overrides:
+        raise InvalidInput(f"{', '.join(overrides)}: a model loads from its folder here; copy the files there instead")
     _explicit(request, "load")
     entry = await _registry(request).load(name)
     if entry.state != READY:
@@ -68,6 +86,7 @@ async def load(name: Name, request: Request) -> Response:
 
 @router.post("/models/{name}/unload", summary="stop serving a model (its queued requests finish first)")
 async def unload(name: Name, request: Request) -> Response:
+    await _body(request)  # unload_dependents: a model here has none
     _explicit(request, "unload")
     await _registry(request).unload(name)
     return Response(status_code=200)

@@ -214,6 +214,36 @@ def test_unload_and_the_admin_key(repository, tmp_path):
         server.stop()
 
 
+def test_repository_bodies_are_read_as_triton_defines_them_and_bad_ones_are_400s(repository, tmp_path):
+    server, url = start(repository, tmp_path, model_control="explicit", admin_keys=ADMIN)
+    try:
+        client = triton.InferenceServerClient(url.removeprefix("http://"))
+        client.unload_model("m", headers=admin(), unload_dependents=True)
+        repository_index = f"{url}/v2/repository/index"
+        every = httpx.post(repository_index, headers=admin(), timeout=30).json()
+        ready = httpx.post(repository_index, json={"ready": True}, headers=admin(), timeout=30).json()
+        assert {m["name"] for m in every} == {"m", "other"} and [m["name"] for m in ready] == ["other"]
+        load = f"{url}/v2/repository/models/m/load"
+        bodies = {
+            '{"parameters": {"config": "{}"}}': "config: a model loads from its folder",
+            '{"parameters": {"file:1/weights.bin": "AAAA"}}': "file:1/weights.bin: a model loads from its folder",
+            '{"parameters": 5}': "'parameters' must be a JSON object",
+            "[1, 2]": "the body must be a JSON object",
+            "{not json": "JSON decode error",
+            '{"parameters": ' + "[" * 5000 + "]" * 5000 + "}": "nested too deeply",
+        }
+        for body, message in bodies.items():
+            refused = httpx.post(load, content=body, headers=admin(), timeout=30)
+            assert refused.status_code == 400 and message in refused.json()["error"], (body[:40], refused.text)
+        bad_filter = httpx.post(repository_index, json={"ready": "yes"}, headers=admin(), timeout=30)
+        assert bad_filter.status_code == 400 and "'ready' must be true or false" in bad_filter.json()["error"]
+        assert served(url).status_code == 404  # nothing above loaded it
+        client.load_model("m", headers=admin())
+        assert served(url).status_code == 200
+    finally:
+        server.stop()
+
+
 def test_without_admin_keys_the_repository_api_is_off_and_none_mode_refuses_load(repository, tmp_path):
     server, url = start(repository, tmp_path)
     try:
