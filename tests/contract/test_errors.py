@@ -147,9 +147,10 @@ REST_FIELDS = {
     "/encode": ["inputs", "samples", "seed", "model"],
     "/decode": ["latents", "format", "model"],
     "/elbo": ["inputs", "samples", "seed", "model"],
+    "/anomaly": ["inputs", "samples", "seed", "threshold", "maps", "model"],
 }
 REST_BODIES = {"/sample": {"n": 1}, "/encode": {"inputs": [[0.0] * 784]}, "/decode": {"latents": [[0.0] * 32]},
-               "/elbo": {"inputs": [[0.0] * 784]}}  # fmt: skip
+               "/elbo": {"inputs": [[0.0] * 784]}, "/anomaly": {"inputs": [[0.0] * 784]}}  # fmt: skip
 
 
 @pytest.mark.parametrize("path, field", [(p, f) for p, fields in REST_FIELDS.items() for f in fields])
