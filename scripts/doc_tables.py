@@ -18,8 +18,9 @@ sys.path.insert(0, str(ROOT))
 
 def models_table() -> str:
     rows = [
-        "| model | likelihood | architecture | latent | test ELBO | test log p(x) (IWAE) | gap | KL | active units |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | likelihood | architecture | latent | test ELBO | test log p(x) (IWAE) | bits/dim | gap | KL "
+        "| active units |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted((ROOT / "models").glob("*/manifest.json")):
         m = json.loads(path.read_text())
@@ -28,7 +29,8 @@ def models_table() -> str:
         rows.append(
             f"| `{m['name']}` | {m['likelihood']}{sigma} "
             f"| {m['architecture']} | {m['latent_dim']} | {x['test_elbo']:.2f} "
-            f"| {x['test_log_likelihood']:.2f} (K = {x['iwae_samples']}) | {x['test_gap']:.2f} | {x['test_kl']:.2f} "
+            f"| {x['test_log_likelihood']:.2f} (K = {x['iwae_samples']}) | {x['test_bits_per_dim']:.3f} "
+            f"| {x['test_gap']:.2f} | {x['test_kl']:.2f} "
             f"| {x['active_units']} / {m['latent_dim']} |"
         )
     return "\n".join(rows)

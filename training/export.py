@@ -8,7 +8,8 @@
 
 The score graph is traced from ``objective.evidence``: the service runs the math, never re-types it.
 ``reexport`` rebuilds the torch model from a served model's own graphs and exports it again, so
-a shipped model moves to a new manifest layout with its weights (and metrics) unchanged.
+a shipped model moves to a new manifest layout with its weights and metrics unchanged (bits/dim,
+if the manifest lacks it, measured on the test split as the evaluation does).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from . import objective
 from .calibrate import calibrate
 from .config import Config
 from .model import VAE, resolve_architecture
-from .train import load_checkpoint, load_data
+from .train import load_checkpoint, load_data, measured_bits_per_dim, prepare_eval_images
 
 log = logging.getLogger(__name__)
 
@@ -240,9 +241,15 @@ def reexport(model_dir: Path, parity_seed: int = 1234) -> dict:
         log_scale = decoder.run(["log_scale"], {"z": np.zeros((1, cfg.model.latent_dim), np.float32)})[0]
         state["log_scale"] = torch.tensor(float(log_scale.reshape(-1)[0]))
     model.load_state_dict(state, strict=True)
-    validation = load_data(cfg).validation.numpy()  # the model's own config says where its data is
-    return write_model(cfg, model.eval(), old["metrics"], old["training"], old["command"], model_dir, validation,
-                       parity_seed)  # fmt: skip
+    splits = load_data(cfg)  # the model's own config says where its data is
+    metrics = old["metrics"]
+    if "test_bits_per_dim" not in metrics:  # what the evaluation records and this manifest lacks is measured
+        x = prepare_eval_images(cfg, splits.test)
+        bits = measured_bits_per_dim(cfg, model.eval(), x, metrics["test_nll"], "cpu", progress=False)
+        metrics = {**metrics, "test_bits_per_dim": bits}
+        log.info("%s: test bits/dim %.4f added to the metrics", model_dir.name, bits)
+    return write_model(cfg, model.eval(), metrics, old["training"], old["command"], model_dir,
+                       splits.validation.numpy(), parity_seed)  # fmt: skip
 
 
 def write_model(

@@ -127,6 +127,10 @@ def test_reexport_rebuilds_the_same_model_from_its_graphs(tmp_path, exported):
     assert again["graphs"]["encoder"]["sha256"] == manifest["graphs"]["encoder"]["sha256"]
     same = ("metrics", "training", "command", "config", "anomaly")  # the calibration too: same split, same seed
     assert {k: again[k] for k in same} == {k: manifest[k] for k in same}
+    without_bits = json.loads((copy / "manifest.json").read_text())
+    bits = without_bits["metrics"].pop("test_bits_per_dim")  # binarized data: the test NLL in bits
+    (copy / "manifest.json").write_text(json.dumps(without_bits))
+    assert export.reexport(copy)["metrics"]["test_bits_per_dim"] == pytest.approx(bits, rel=1e-12)
     rng = np.random.default_rng(3)
     inputs = {
         "x": (rng.random((4, 784)) < 0.5).astype(np.float32),
@@ -148,6 +152,12 @@ def test_gaussian_model_exports_its_learned_sigma(tmp_path):
     )
     manifest = export.export_model(tmp_path / "run", tmp_path / "model")
     assert manifest["likelihood"] == "gaussian" and manifest["sigma"] == pytest.approx(model.sigma)
+    # a manifest without bits/dim gets it measured on re-export: the dequantized pass, as the evaluation ran it
+    bits = manifest["metrics"].pop("test_bits_per_dim")
+    (tmp_path / "model" / "manifest.json").write_text(json.dumps(manifest))
+    again = export.reexport(tmp_path / "model")
+    assert again["metrics"]["test_bits_per_dim"] == pytest.approx(bits, rel=1e-5)
+    assert bits != pytest.approx(train.bits_per_dim(manifest["metrics"]["test_nll"], 784, "gaussian"), rel=1e-3)
     assert list(manifest["graphs"]["decoder"]["outputs"]) == ["image", "log_scale"]
     z = np.zeros((2, 4), np.float32)
     image, log_scale = _session(tmp_path / "model", "decoder").run(None, {"z": z})
