@@ -76,11 +76,11 @@ def evidence_over(
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     # Preallocated: small per-step result tensors kept alive between the large temporaries
-    # fragment glibc's heap (RSS grew by GBs over an IWAE run before this).
+    # fragment glibc's heap (RSS grows by GBs over an IWAE run when they are appended to lists).
     out = {name: torch.empty(len(x)) for name in objective.Evidence._fields}
     out["mean"] = torch.empty(len(x), model.cfg.latent_dim)
     for start in tqdm(range(0, len(x), rows), desc=f"evidence K={samples}", disable=not progress, leave=False):
-        batch = x[start : start + rows].to(device)  # (B, 784)
+        batch = x[start : start + rows].to(device)  # (B, D)
         eps = torch.randn((samples, len(batch), model.cfg.latent_dim), generator=generator).to(device)  # (K, B, Z)
         mean, log_var = model.encoder(batch)
         terms = objective.evidence(mean, log_var, eps, model.log_px_given_z(batch))
