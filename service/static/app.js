@@ -162,6 +162,7 @@ async function interpolate() {
 }
 
 // ---- drawing, upload, encode and score: the pad is the model's image_shape [H, W, C]
+const PEN_WIDTH = 2.4 / 28;  // the stroke as a share of the pad's width: a pen like MNIST's on its 28-pixel canvas
 const clearPad = (ctx) => { ctx.fillStyle = "#000"; ctx.fillRect(0, 0, ctx.canvas.width, ctx.canvas.height); };
 
 function fitPad([h, w, c]) {
@@ -185,7 +186,7 @@ function setupPad() {
   pad.addEventListener("pointermove", (e) => { if (last) { const p = at(e); stroke(last, p); last = p; } });
   pad.addEventListener("pointerup", () => { last = null; });
   function stroke(from, to) {
-    ctx.strokeStyle = "#fff"; ctx.lineWidth = 2.4 * pad.width / 28; ctx.lineCap = "round";
+    ctx.strokeStyle = "#fff"; ctx.lineWidth = PEN_WIDTH * pad.width; ctx.lineCap = "round";
     ctx.beginPath(); ctx.moveTo(...from); ctx.lineTo(...to); ctx.stroke();
   }
   $("clear").addEventListener("click", () => clearPad(ctx));
