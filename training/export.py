@@ -241,14 +241,15 @@ def reexport(model_dir: Path, parity_seed: int = 1234) -> dict:
         log_scale = decoder.run(["log_scale"], {"z": np.zeros((1, cfg.model.latent_dim), np.float32)})[0]
         state["log_scale"] = torch.tensor(float(log_scale.reshape(-1)[0]))
     model.load_state_dict(state, strict=True)
+    model.eval()
     splits = load_data(cfg)  # the model's own config says where its data is
     metrics = old["metrics"]
     if "test_bits_per_dim" not in metrics:  # what the evaluation records and this manifest lacks is measured
         x = prepare_eval_images(cfg, splits.test)
-        bits = measured_bits_per_dim(cfg, model.eval(), x, metrics["test_nll"], "cpu", progress=False)
+        bits = measured_bits_per_dim(cfg, model, x, metrics["test_nll"], "cpu", progress=False)
         metrics = {**metrics, "test_bits_per_dim": bits}
         log.info("%s: test bits/dim %.4f added to the metrics", model_dir.name, bits)
-    return write_model(cfg, model.eval(), metrics, old["training"], old["command"], model_dir,
+    return write_model(cfg, model, metrics, old["training"], old["command"], model_dir,
                        splits.validation.numpy(), parity_seed)  # fmt: skip
 
 

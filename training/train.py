@@ -272,15 +272,20 @@ def dequantize(x: torch.Tensor, seed: int) -> torch.Tensor:
     return (torch.round(x * 255) + u) / 256
 
 
+def iwae_evidence(cfg: Config, model: VAE, x: torch.Tensor, device: str, progress: bool) -> dict[str, torch.Tensor]:
+    """The evaluation's IWAE pass over ``x``: the config's K, steps of about ``iwae_batch`` images
+    at K = 1000, and one seed for ε, so every pass over the test images draws the same noise."""
+    k = cfg.eval.iwae_samples
+    rows = max(1, cfg.eval.iwae_batch * 1000 // k)
+    return evidence_over(model, x, samples=k, rows=rows, seed=cfg.train.seed + 2, device=device, progress=progress)
+
+
 def measured_bits_per_dim(cfg: Config, model: VAE, x: torch.Tensor, nll: float, device: str, progress: bool) -> float:
     """Bits/dim of the test images ``x`` (as ``prepare_eval_images`` gives them) whose IWAE NLL is
     ``nll``: for binarized data that NLL in bits; for 8-bit data (Gaussian) the NLL of uniformly
     dequantized pixels, which takes one more IWAE pass."""
     if cfg.model.likelihood == "gaussian":
-        k = cfg.eval.iwae_samples
-        dequantized = evidence_over(model, dequantize(x, seed=cfg.train.seed + 3), samples=k,
-                                    rows=max(1, cfg.eval.iwae_batch * 1000 // k), seed=cfg.train.seed + 2,
-                                    device=device, progress=progress)  # fmt: skip
+        dequantized = iwae_evidence(cfg, model, dequantize(x, seed=cfg.train.seed + 3), device, progress)
         nll = -float(dequantized["log_likelihood"].mean())
     return bits_per_dim(nll, x.shape[1], cfg.model.likelihood)
 
@@ -288,9 +293,7 @@ def measured_bits_per_dim(cfg: Config, model: VAE, x: torch.Tensor, nll: float, 
 def evaluate(cfg: Config, model: VAE, splits: Splits, device: str = "cpu", progress: bool = True) -> dict:
     """Test-set metrics in nats: ELBO, its two terms, IWAE log p(x), the gap, active units; and bits/dim."""
     x = prepare_eval_images(cfg, splits.test)
-    k = cfg.eval.iwae_samples
-    rows = max(1, cfg.eval.iwae_batch * 1000 // k)
-    terms = evidence_over(model, x, samples=k, rows=rows, seed=cfg.train.seed + 2, device=device, progress=progress)
+    terms = iwae_evidence(cfg, model, x, device, progress)
     nll = -float(terms["log_likelihood"].mean())
     # Active units (Burda et al. 2016): Cov_x(E_q[z]) per latent dimension above a threshold.
     activity = terms["mean"].var(0)  # (Z,)
@@ -302,7 +305,7 @@ def evaluate(cfg: Config, model: VAE, splits: Splits, device: str = "cpu", progr
         "test_nll": nll,
         "test_bits_per_dim": measured_bits_per_dim(cfg, model, x, nll, device, progress),
         "test_gap": float((terms["log_likelihood"] - terms["elbo"]).mean()),
-        "iwae_samples": k,
+        "iwae_samples": cfg.eval.iwae_samples,
         "active_units": int((activity > cfg.eval.active_unit_threshold).sum()),
         "latent_dim": cfg.model.latent_dim,
         "latent_activity": [round(float(a), 5) for a in activity],
