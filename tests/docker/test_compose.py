@@ -89,9 +89,11 @@ def ensure_base_image() -> None:
             timeout=1200,
         )  # debootstrap's own default mirror
         os.chmod(rootfs, 0o755)  # mkdtemp made it 0700: as the image's "/", it would lock out non-root users
-        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
-        sh("docker", "import", "-", BASE_TAG, stdin=tar.stdout, timeout=600)
-        tar.wait()
+        # the context manager closes tar's stdout and waits for it: a pipe left open is a ResourceWarning
+        with subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE) as tar:
+            sh("docker", "import", "-", BASE_TAG, stdin=tar.stdout, timeout=600)
+        if tar.returncode != 0:
+            raise RuntimeError(f"tar of the debootstrap rootfs failed ({tar.returncode})")
 
 
 @pytest.fixture(scope="module")
