@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config
-from .data import DataError
+from .errors import DataError
 from .export import ExportError
 
 log = logging.getLogger("training")

@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import DataError
+from .images import load_images
+
 log = logging.getLogger(__name__)
 
 # IDX type codes -> big-endian numpy dtypes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
@@ -45,10 +48,6 @@ MNIST_SHA256 = {
     "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
     "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
 }
-
-
-class DataError(RuntimeError):
-    """A dataset file that is missing, truncated, corrupt or fails its checksum."""
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -194,8 +193,6 @@ def load_splits(data, cache_dir: Path | None = None, progress: bool = False) -> 
 
 def image_splits(data, cache_dir: Path | None, progress: bool) -> Splits:
     """Test, validation and training shares of a seeded permutation of your images."""
-    from .images import load_images
-
     images = load_images(Path(data.path), data.image_size, data.channels, cache_dir, progress)
     n = len(images.pixels)
     n_test, n_val = round(n * data.test_fraction), round(n * data.validation_fraction)

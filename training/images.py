@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from .data import DataError
+from .errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from training import data
-from training.data import DataError, read_idx, write_idx
+from training.data import read_idx, write_idx
+from training.errors import DataError
 
 
 @pytest.mark.parametrize("name", ["images-idx3-ubyte", "images-idx3-ubyte.gz"])

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from training.config import load_config
-from training.data import DataError, load_splits
+from training.data import load_splits
+from training.errors import DataError
 from training.images import load_images
 
 MODES = ("RGB", "RGBA", "P", "L", "LA", "I;16")
