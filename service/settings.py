@@ -46,7 +46,8 @@ class Settings(BaseSettings):
         ge=1,
         description=(
             "rows waiting per batcher before requests get 503 "
-            "(/elbo counts K × inputs; 256 requests of 64 images × K=16 fit)"
+            "(/elbo counts K × inputs; 256 requests of 64 images × K=16 fit; "
+            "unset: at least VAE_MAX_REQUEST_ROWS and VAE_MAX_SAMPLE_ROWS)"
         ),
     )
     pad_batches: Literal["auto", "true", "false"] = Field(
@@ -58,10 +59,14 @@ class Settings(BaseSettings):
         description="ORT threads per run (0: ORT's default, one per core; idle threads sleep, they do not spin)",
     )
     ort_inter_op_threads: int = Field(1, ge=0, description="ORT inter-op threads per session")
-    max_request_rows: int = Field(1024, ge=1, description="images / latents / n per request")
+    max_request_rows: int = Field(
+        1024, ge=1, description="images / latents / n per request (unset: at most VAE_MAX_QUEUE_ROWS)"
+    )
     max_samples: int = Field(1000, ge=1, description="samples (K) per request for /encode and /elbo")
     max_sample_rows: int = Field(
-        262144, ge=1, description="samples × inputs per /encode or /elbo request (bounds memory)"
+        262144,
+        ge=1,
+        description="samples × inputs per /encode or /elbo request (bounds memory; unset: at most VAE_MAX_QUEUE_ROWS)",
     )
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="request bodies above this get 413")
     request_timeout_ms: float = Field(
@@ -70,7 +75,12 @@ class Settings(BaseSettings):
         description="deadline of a request still queued (504 after it); X-Timeout-Ms overrides it per request",
     )
     max_request_timeout_ms: float = Field(
-        300000, gt=0, description="the most an X-Timeout-Ms header (or OIP parameters.timeout) may ask for"
+        300000,
+        gt=0,
+        description=(
+            "the most an X-Timeout-Ms header (or OIP parameters.timeout) may ask for "
+            "(unset: at least VAE_REQUEST_TIMEOUT_MS)"
+        ),
     )
     shutdown_grace_s: float = Field(
         30, ge=0, description="on SIGTERM: readiness 503 at once, then up to this long for accepted requests to finish"
@@ -94,13 +104,22 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="logging level")
 
     @model_validator(mode="after")
-    def _limits_fit_the_queue(self) -> Settings:
-        """A request the limits admit must fit the queue, or it could never be queued."""
-        for name in ("max_request_rows", "max_sample_rows"):
-            if getattr(self, name) > self.max_queue_rows:
+    def _bounded_limits_agree(self) -> Settings:
+        """A limit the user left unset follows the one it is bounded by; two values the user set that
+        contradict each other are refused at start, in one line naming both."""
+        given = set(self.model_fields_set)  # before any assignment below adds to it
+        for bounded, bound, why in BOUNDED_BY:
+            value, limit = getattr(self, bounded), getattr(self, bound)
+            if value <= limit:
+                continue
+            if bounded not in given:
+                setattr(self, bounded, limit)
+            elif bound not in given:
+                setattr(self, bound, value)
+            else:
                 raise ValueError(
-                    f"VAE_{name.upper()} ({getattr(self, name)}) is above VAE_MAX_QUEUE_ROWS ({self.max_queue_rows}): "
-                    "a request that large could never be queued; lower it or raise VAE_MAX_QUEUE_ROWS"
+                    f"VAE_{bounded.upper()} ({value:g}) is above VAE_{bound.upper()} ({limit:g}): {why}; "
+                    f"lower the first or raise the second"
                 )
         return self
 
@@ -122,6 +141,14 @@ class Settings(BaseSettings):
         if self.providers.strip().lower() == "auto":
             return None
         return comma_list(self.providers)
+
+
+# (setting, the setting it may not exceed, why): the derived defaults and the one cross-field rule.
+BOUNDED_BY = (
+    ("max_request_rows", "max_queue_rows", "a request that large could never be queued"),
+    ("max_sample_rows", "max_queue_rows", "a request that large could never be queued"),
+    ("request_timeout_ms", "max_request_timeout_ms", "the default deadline would be over the cap"),
+)
 
 
 def comma_list(text: str) -> list[str]:
