@@ -22,9 +22,9 @@ from service.settings import Settings
 
 from .live import ROOT
 from .load import Peer, Server, python_command, wrk
-from .overload import overload
+from .overload import burst, overload
 from .report import write_report
-from .scenarios import NPY, inprocess_rows_per_second, scenarios
+from .scenarios import NPY, burst_scenario, inprocess_rows_per_second, scenarios
 
 log = logging.getLogger("benchmarks")
 SERVICE = "vae-serve"
@@ -130,11 +130,25 @@ def soak(args, all_scenarios, log_dir: Path) -> dict:
 
 
 def run_overload(args, latent_dim: int, log_dir: Path) -> dict:
-    """vae-serve with default settings, offered ``overload_factor`` × its capacity, open loop."""
+    """vae-serve with default settings, offered ``overload_factor`` × its capacity, open loop; with
+    ``--overload-deadline-ms`` each request sends that deadline, else the server's default applies."""
     (scenario,) = [s for s in scenarios(latent_dim) if s.name.startswith(args.overload_scenario)][:1]
-    deadline_ms = Settings.model_fields["request_timeout_ms"].default
+    given = args.overload_deadline_ms is not None
+    deadline_ms = args.overload_deadline_ms if given else Settings.model_fields["request_timeout_ms"].default
     with Server(Peer(SERVICE, python_command("service"), {"VAE_DEFAULT_MODEL": args.model}), log_dir) as server:
-        return overload(server, scenario, args.overload_factor, args.overload_duration, deadline_ms)
+        return overload(server, scenario, args.overload_factor, args.overload_duration, deadline_ms, given)
+
+
+def run_burst(args, log_dir: Path) -> dict:
+    """vae-serve with default settings, ``--burst-clients`` requests at once, each with a ``--burst-deadline-ms``."""
+    body, content_type, accept, path = burst_scenario().request(False)
+    headers = {"content-type": content_type, "accept": accept, "x-timeout-ms": f"{args.burst_deadline_ms:g}"}
+    with Server(Peer(SERVICE, python_command("service"), {"VAE_DEFAULT_MODEL": args.model}), log_dir) as server:
+        result = {"scenario": burst_scenario().name, "deadline_ms": args.burst_deadline_ms}
+        result.update(burst(server.url + path, body, headers, args.burst_clients))
+    log.info("burst of %d, deadline %g ms: %s, slowest 200 %.0f ms", args.burst_clients, args.burst_deadline_ms,
+             result["outcomes"], result["max_ok_ms"] or 0)  # fmt: skip
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overload-scenario", default="elbo", help="open-loop overload on the scenario starting so")
     parser.add_argument("--overload-factor", type=float, default=2.0, help="offered rate as a multiple of capacity")
     parser.add_argument("--overload-duration", type=float, default=15, help="seconds of arrivals; 0 skips the run")
+    parser.add_argument("--overload-deadline-ms", type=float, help="X-Timeout-Ms on each overload request")
+    parser.add_argument("--burst-clients", type=int, default=300, help="requests sent at once; 0 skips the burst")
+    parser.add_argument("--burst-deadline-ms", type=float, default=3000, help="X-Timeout-Ms on each burst request")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -174,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         results["soak"] = soak(args, chosen, log_dir)
     if args.overload_duration:
         results["overload"] = run_overload(args, latent_dim, log_dir)
+    if args.burst_clients:
+        results["burst"] = run_burst(args, log_dir)
     results["wall_s"] = time.perf_counter() - started
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, args.out)

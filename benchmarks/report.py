@@ -86,6 +86,21 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
              "no 200s" if p99 is None else f"{p99:.0f} ms (p50 {o['p50_ok_ms']:.0f} ms)",
              p99 is not None and p99 <= o["deadline_ms"])
         )  # fmt: skip
+        no_504 = o["outcomes"].get("504", 0)
+        rows.append(("overload: no 504s", f"{no_504} of {o['requests']}", no_504 == 0))
+    if results.get("burst"):
+        b = results["burst"]
+        late = b["outcomes"].get("504", 0)
+        rows.append(
+            (f"burst of {b['clients']} with a {b['deadline_ms']:g} ms deadline: at most 1 % 504s",
+             f"{late} ({b['outcomes']})", late <= 0.01 * b["requests"])
+        )  # fmt: skip
+        slowest, shed_p99 = b["max_ok_ms"], b["p99_503_ms"] or 0
+        rows.append(
+            ("burst: every 200 within the deadline, every 503 with Retry-After",
+             "no 200s" if slowest is None else f"slowest 200 {slowest:.0f} ms; p99 of 503s {shed_p99:.0f} ms",
+             slowest is not None and slowest <= b["deadline_ms"] and b["all_503_say_retry_after"])
+        )  # fmt: skip
     if results.get("soak"):
         points = results["soak"]["points"]
         last, settled = points[-1], points[1] if len(points) > 2 else points[0]

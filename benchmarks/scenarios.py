@@ -64,6 +64,12 @@ def scenarios(latent_dim: int) -> list[Scenario]:
     ]
 
 
+def burst_scenario() -> Scenario:
+    """The deadline burst: /elbo of 8 images × K=256 in JSON, 2,048 score-graph rows a request."""
+    return Scenario("elbo 8, K=256", "/elbo", 8, "score", {"inputs": _images(8), "samples": 256, "seed": 0}, "inputs",
+                    samples=256)  # fmt: skip
+
+
 def inprocess_rows_per_second(model_dir: Path, scenario: Scenario, seconds: float = 2.0, threads: int = 0) -> float:
     """Peer (e): the graph alone at the scenario's batch size, ORT's default threads (the compute floor)."""
     manifest = json.loads((model_dir / "manifest.json").read_text())

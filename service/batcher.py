@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -31,13 +32,17 @@ class QueueFull(Busy):
     """The queue cannot take this request's rows now: shed it at once (503 + Retry-After)."""
 
 
+class TooLate(Busy):
+    """The request's expected finish is after its deadline: shed at once (503 + Retry-After), not
+    queued to time out."""
+
+
 class DeadlineExceeded(DeadlinePassed):
     """The request was still queued at its deadline; its rows were dropped before reaching ORT (504)."""
 
 
-DEADLINE_MESSAGE = (
-    "deadline passed while the request was queued (X-Timeout-Ms or parameters.timeout; default VAE_REQUEST_TIMEOUT_MS)"
-)
+DEADLINE_SOURCES = "X-Timeout-Ms or parameters.timeout; default VAE_REQUEST_TIMEOUT_MS"
+DEADLINE_MESSAGE = f"deadline passed while the request was queued ({DEADLINE_SOURCES})"
 
 
 @dataclass(eq=False)
@@ -48,6 +53,7 @@ class Job:
     signature: tuple  # jobs coalesce only with jobs whose non-batch shapes match
     future: asyncio.Future
     enqueued_at: float = field(default_factory=time.perf_counter)
+    expected_s: float | None = None  # the wait admission predicted, queue and run: checked when it is done
     queued: bool = True  # False once a run has taken it: past that point it is never dropped
 
 
@@ -142,6 +148,9 @@ class BatchObserver:
     def dropped(self, rows: int, reason: str) -> None:
         """A request left the queue without reaching ORT: "deadline" or "cancelled" (its client left)."""
 
+    def shed(self, rows: int, reason: str) -> None:
+        """A request refused at admission: "queue_full", or "late" (expected to finish after its deadline)."""
+
 
 class FanOut(BatchObserver):
     """Several observers as one (Prometheus metrics and the OIP statistics)."""
@@ -168,6 +177,10 @@ class FanOut(BatchObserver):
     def dropped(self, rows: int, reason: str) -> None:
         for o in self.observers:
             o.dropped(rows, reason)
+
+    def shed(self, rows: int, reason: str) -> None:
+        for o in self.observers:
+            o.shed(rows, reason)
 
 
 class JobQueue:
@@ -200,6 +213,70 @@ class JobQueue:
         return True
 
 
+class Throughput:
+    """A batcher's measured service rate: seconds per row of cost while it is busy.
+
+    Busy time is wall time with at least one run in flight, so concurrent runs are counted as the
+    throughput they give together. Sums decay by ``decay`` per finished run: the rate follows a
+    machine that slows down or speeds up within a few runs. A run in flight for longer than the
+    rate predicts raises the estimate at once (``seconds_per_row``), before it finishes. And each
+    prediction is checked against the wait it predicted (``checked``): their decayed ratio scales
+    every estimate, for what the rate does not see (an event loop busy parsing a burst, which
+    slows the runs it shares the cores with).
+    """
+
+    def __init__(self, decay: float = 0.8):
+        self.decay = decay
+        self.busy_s = 0.0  # decayed busy seconds
+        self.rows = 0.0  # decayed rows those seconds served
+        self.in_flight_rows = 0
+        self.mark = 0.0  # start of the busy time not yet counted
+        self.error = 1.0  # measured ÷ predicted waits, decayed (in log space), within [0.5, 4]
+
+    def observe(self, rows: int, seconds: float) -> None:
+        """A measured run outside the loop (warm-up): ``rows`` served in ``seconds``."""
+        self.busy_s = self.decay * self.busy_s + seconds
+        self.rows = self.decay * self.rows + rows
+
+    def started(self, rows: int, now: float) -> None:
+        if self.in_flight_rows == 0:
+            self.mark = now
+        self.in_flight_rows += rows
+
+    def finished(self, rows: int, now: float) -> None:
+        self.in_flight_rows -= rows
+        self.observe(rows, now - self.mark)
+        self.mark = now
+
+    def checked(self, predicted_s: float, measured_s: float) -> None:
+        """A finished job's wait against what its admission predicted."""
+        if predicted_s > 1e-4:
+            ratio = min(4.0, max(0.25, measured_s / predicted_s))
+            self.error = min(4.0, max(0.5, self.error * ratio ** (1 - self.decay)))
+
+    def seconds_per_row(self, now: float) -> float | None:
+        """None until a run was measured: with no history a request is admitted by the queue limit alone."""
+        if self.rows <= 0:
+            return None
+        rate = self.busy_s / self.rows
+        if self.in_flight_rows:
+            rate = max(rate, (now - self.mark) / self.in_flight_rows)  # the running batch is slower than thought
+        return rate
+
+    def seconds_to_serve(self, rows_ahead: int, now: float) -> float | None:
+        """Expected seconds until ``rows_ahead`` rows of cost (queued and in flight) are served."""
+        rate = self.seconds_per_row(now)
+        if rate is None:
+            return None
+        in_flight_left = max(0.0, self.in_flight_rows * rate - (now - self.mark)) if self.in_flight_rows else 0.0
+        return (in_flight_left + (rows_ahead - self.in_flight_rows) * rate) * self.error
+
+
+def retry_after(seconds: float) -> int:
+    """Whole seconds for a Retry-After header: at least 1."""
+    return max(1, math.ceil(seconds))
+
+
 class Batcher:
     """One per (model, graph). ``await submit(inputs)`` returns that request's slice of a batched run."""
 
@@ -223,6 +300,7 @@ class Batcher:
         self.max_jobs = None if coalesce else 1  # coalesce=False: the no-batching baseline
         self.observer = observer or BatchObserver()
         self.queue = JobQueue()
+        self.throughput = Throughput()
         self._wake = asyncio.Event()
         self._worker: asyncio.Task | None = None
         # Runs in flight at once: a second run lets a big batch use another core while the first
@@ -252,20 +330,22 @@ class Batcher:
     async def submit(self, inputs: Tensors, weight: int = 1, deadline: float | None = None) -> Tensors:
         """Queue ``inputs`` (each row costs ``weight``); requests above the batch limit run in chunks.
 
-        ``deadline`` (a ``time.perf_counter()`` value): still queued then, the request is dropped
-        and gets DeadlineExceeded. Cancelling the awaiting task (a client that left) drops it too.
+        ``deadline`` (a ``time.perf_counter()`` value, when the answer is due): a request expected to
+        finish after it is refused at once (TooLate); one still queued at it is dropped and gets
+        DeadlineExceeded. A run already going at the deadline is not interrupted: its answer is
+        returned, late. Cancelling the awaiting task (a client that left) drops it too.
         """
         rows = self.rows_of(inputs)
         parts = chunks(inputs, rows, self.chunk_rows(weight), self.batch_axes)
-        jobs = self._admit(parts, weight)
+        jobs = self._admit(parts, weight, deadline)
         if len(jobs) == 1:
             return await self._result(jobs[0], deadline)
         results = await asyncio.gather(*(self._result(job, deadline) for job in jobs))
         return concatenate(list(results), self.batch_axes)
 
-    def _admit(self, parts: list[Tensors], weight: int) -> list[Job]:
-        """Queue every chunk of one request, or none of them: QueueFull when they do not fit now,
-        TooLarge when they never could."""
+    def _admit(self, parts: list[Tensors], weight: int, deadline: float | None = None) -> list[Job]:
+        """Queue every chunk of one request, or none of them: TooLarge when they never could fit,
+        QueueFull when they do not fit now, TooLate when they would finish after the deadline."""
         loop = asyncio.get_running_loop()
         jobs = []
         for part in parts:
@@ -275,8 +355,31 @@ class Batcher:
         if cost > self.max_queue_rows:
             limit = f"at most {self.max_queue_rows} rows queue (VAE_MAX_QUEUE_ROWS)"
             raise TooLarge(f"{self.name}: this request needs {cost} rows; {limit}, so it could never be admitted")
+        now = time.perf_counter()
+        ahead = self.queue.cost + self.throughput.in_flight_rows
         if self.queue.cost + cost > self.max_queue_rows:
-            raise QueueFull(f"{self.name}: {self.queue.cost} rows queued (limit {self.max_queue_rows})")
+            drain_s = self.throughput.seconds_to_serve(ahead + cost - self.max_queue_rows, now) or 1.0
+            self.observer.shed(cost, "queue_full")
+            raise QueueFull(
+                f"{self.name}: {self.queue.cost} rows queued (limit {self.max_queue_rows}); "
+                f"retry in {retry_after(drain_s)} s",
+                retry_after(drain_s),
+            )
+        finish_s = self.throughput.seconds_to_serve(ahead + cost, now)
+        if finish_s is not None:
+            behind = ahead
+            for job in jobs:  # each chunk finishes after the ones before it
+                behind += job.cost
+                job.expected_s = self.throughput.seconds_to_serve(behind, now)
+        if deadline is not None and finish_s is not None and now + finish_s > deadline:
+            late_s = now + finish_s - deadline  # by then the queue ahead has shrunk enough to make it
+            self.observer.shed(cost, "late")
+            raise TooLate(
+                f"{self.name}: expected to finish in {finish_s * 1000:.0f} ms ({ahead} rows ahead), after its "
+                f"deadline in {max(0.0, deadline - now) * 1000:.0f} ms ({DEADLINE_SOURCES}); "
+                f"retry in {retry_after(late_s)} s, elsewhere, or with a longer deadline",
+                retry_after(late_s),
+            )
         self.queue.add(jobs)
         self.observer.queue_depth(self.queue.cost)
         self._wake.set()
@@ -352,8 +455,10 @@ class Batcher:
         for job in jobs:
             self.observer.queue_wait(now - job.enqueued_at)
         rows = sum(j.rows for j in jobs)
+        cost = sum(j.cost for j in jobs)
         self.observer.batch(rows, len(jobs))
         started = time.perf_counter()
+        self.throughput.started(cost, started)
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self._padded_run, jobs, rows)
             pieces = split(outputs, [j.rows for j in jobs], self.batch_axes)
@@ -364,6 +469,8 @@ class Batcher:
                     job.future.set_exception(exc)
             self._report(jobs, rows, started, ok=False)
             return
+        finally:
+            self.throughput.finished(cost, time.perf_counter())
         for job, piece in zip(jobs, pieces):
             if not job.future.done():
                 job.future.set_result(piece)
@@ -380,7 +487,11 @@ class Batcher:
 
     def _report(self, jobs: list[Job], rows: int, started: float, ok: bool) -> None:
         now = time.perf_counter()
-        self.observer.run_done(rows, now - started, [now - j.enqueued_at for j in jobs], ok)
+        waits = [now - j.enqueued_at for j in jobs]
+        for job, wait in zip(jobs, waits):
+            if job.expected_s is not None:
+                self.throughput.checked(job.expected_s, wait)
+        self.observer.run_done(rows, now - started, waits, ok)
 
     async def close(self) -> None:
         for task in [self._worker, *self._running]:

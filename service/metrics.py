@@ -49,6 +49,12 @@ class Metrics:
             ["model", "graph", "reason"],
             registry=self.registry,
         )
+        self.shed = Counter(
+            "vae_shed_requests",
+            "requests refused at admission with 503, by reason (queue_full, late: expected after their deadline)",
+            ["model", "graph", "reason"],
+            registry=self.registry,
+        )
         self.in_flight = Gauge("vae_requests_in_flight", "HTTP requests being handled", registry=self.registry)
         self.model_loads = Counter(
             "vae_model_loads", "model versions loaded, refused or unloaded", ["model", "result"], registry=self.registry
@@ -65,6 +71,7 @@ class _Observer(BatchObserver):
         self.depth = metrics.queue_depth.labels(model, graph)
         self.wait = metrics.queue_wait.labels(model, graph)
         self.drops = {reason: metrics.dropped.labels(model, graph, reason) for reason in ("deadline", "cancelled")}
+        self.sheds = {reason: metrics.shed.labels(model, graph, reason) for reason in ("queue_full", "late")}
 
     def batch(self, rows: int, jobs: int) -> None:
         self.rows.observe(rows)
@@ -78,6 +85,9 @@ class _Observer(BatchObserver):
 
     def dropped(self, rows: int, reason: str) -> None:
         self.drops[reason].inc()
+
+    def shed(self, rows: int, reason: str) -> None:
+        self.sheds[reason].inc()
 
 
 def _duration(count: int = 0, ns: int = 0) -> dict:

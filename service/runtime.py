@@ -227,14 +227,20 @@ class ModelRuntime:
     def warm_up(self) -> int:
         """Run every graph once per batch shape its batcher can produce; returns the runs made.
 
-        Without padding (CPU) one run per graph: ORT's CPU kernels have no per-shape setup, and
-        running every size would only grow each session's memory arena to its largest batch.
+        Without padding (CPU) one run of one row and one of a full batch: ORT's CPU kernels have no
+        per-shape setup. The full batch, timed, is each batcher's first throughput estimate, so
+        deadline admission has a measured cost before the first request.
         """
         runs = 0
         for graph, batcher in self.batchers.items():
-            for rows in bucket_sizes(batcher.max_batch_rows) if batcher.pad_to_buckets else [1]:
-                self.run_graph(graph, zero_inputs(self.manifest.graphs[graph], rows))
+            sizes = bucket_sizes(batcher.max_batch_rows) if batcher.pad_to_buckets else [1, batcher.max_batch_rows]
+            for rows in sizes:
+                inputs = zero_inputs(self.manifest.graphs[graph], rows)
+                started = time.perf_counter()
+                self.run_graph(graph, inputs)
+                seconds = time.perf_counter() - started
                 runs += 1
+            batcher.throughput.observe(rows, seconds)  # the largest size, run last
         return runs
 
 

@@ -148,3 +148,12 @@ def test_open_loop_keeps_its_arrival_rate_and_counts_every_outcome(tmp_path):
     assert 0.9 <= run["elapsed_s"] < 3  # arrivals spread over the second, not sent at once
     assert 0 < run["p50_ok_ms"] <= run["p99_ok_ms"]
     assert missing["outcomes"] == {"404": 10} and missing["errors_other_than_503"] == 10
+
+
+def test_a_burst_sends_every_request_at_once_and_reports_retry_after(tmp_path):
+    from benchmarks.overload import burst
+
+    with Server(Peer("hello", python_command("benchmarks.peers.hello") + ["{port}"]), tmp_path) as server:
+        result = burst(server.url + "/sample", b'{"n": 1}', {"content-type": "application/json"}, clients=40)
+    assert result["clients"] == result["requests"] == 40 and result["outcomes"] == {"200": 40}
+    assert result["elapsed_s"] < 3 and result["max_ok_ms"] >= result["p99_ok_ms"] and result["p99_503_ms"] is None

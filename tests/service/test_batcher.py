@@ -15,6 +15,8 @@ from service.batcher import (
     DeadlineExceeded,
     Job,
     QueueFull,
+    Throughput,
+    TooLate,
     bucket_sizes,
     signature_of,
     split,
@@ -415,3 +417,87 @@ def test_a_request_that_can_never_fit_the_queue_is_too_large_not_busy():
         await batcher.close()
 
     run(main())
+
+
+def test_throughput_counts_busy_time_once_for_concurrent_runs_and_follows_a_slower_machine():
+    rate = Throughput(decay=0.5)
+    assert rate.seconds_per_row(0.0) is None and rate.seconds_to_serve(100, 0.0) is None  # no history: unknown
+    rate.started(10, now=0.0)
+    rate.started(10, now=0.5)  # a second run overlaps the first: 20 rows in 2 s of busy time
+    rate.finished(10, now=1.0)
+    rate.finished(10, now=2.0)
+    assert rate.seconds_per_row(2.0) == pytest.approx(0.1)
+    assert rate.seconds_to_serve(30, 2.0) == pytest.approx(3.0)
+    rate.started(10, now=10.0)  # this run is already slower than 0.1 s per row: the estimate rises before it ends
+    assert rate.seconds_per_row(13.0) == pytest.approx(0.3)
+    assert rate.seconds_to_serve(10, 11.0) == pytest.approx(0.0)  # in flight, expected done by now
+    rate.finished(10, now=13.0)
+    assert rate.seconds_per_row(13.0) > 0.2  # the decayed history weighs the slow run most
+
+
+def test_throughput_scales_its_estimates_by_how_wrong_its_predictions_were():
+    rate = Throughput(decay=0.5)
+    rate.observe(10, 1.0)
+    assert rate.seconds_to_serve(10, 0.0) == pytest.approx(1.0)
+    for _ in range(30):  # every wait takes 2 s while the rate alone predicts 1 s
+        rate.checked(predicted_s=rate.seconds_to_serve(10, 0.0), measured_s=2.0)
+    assert rate.seconds_to_serve(10, 0.0) == pytest.approx(2.0, rel=0.01)
+    for _ in range(30):  # then 0.2 s: the correction goes down as far as halving the rate's estimate
+        rate.checked(predicted_s=rate.seconds_to_serve(10, 0.0), measured_s=0.2)
+    assert rate.seconds_to_serve(10, 0.0) == pytest.approx(0.5, rel=0.01)
+
+
+def test_a_request_that_would_finish_after_its_deadline_is_refused_at_once_with_retry_after():
+    runtime = FakeRuntime(delay=0.05)  # 50 ms per run of at most 2 rows
+
+    async def main():
+        executor = ThreadPoolExecutor(1)
+        batcher = Batcher(runtime, AXES, max_batch_rows=2, max_concurrent_runs=1, executor=executor)
+        batcher.throughput.observe(2, 0.05)  # what warm-up measures: 25 ms per row
+        deadline = time.perf_counter() + 0.3  # room for about 6 runs
+        tasks = [asyncio.create_task(batcher.submit(request(i, rows=2), deadline=deadline)) for i in range(20)]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        finished = time.perf_counter()
+        await batcher.close()
+        executor.shutdown()
+        return results, finished - deadline
+
+    results, late_by = run(main())
+    served = [r for r in results if isinstance(r, dict)]
+    refused = [r for r in results if isinstance(r, TooLate)]
+    assert len(served) + len(refused) == 20 and 3 <= len(served) <= 7  # nothing timed out in the queue
+    assert not any(isinstance(r, DeadlineExceeded) for r in results)
+    assert late_by < 0.1 and len(runtime.runs) == len(served)  # the refused rows never ran
+    assert all(r.status == 503 and int(r.headers["Retry-After"]) >= 1 for r in refused)
+    assert "after its deadline" in str(refused[0]) and "rows ahead" in str(refused[0])
+
+
+def test_with_no_measured_cost_a_request_is_admitted_by_the_queue_limit_alone():
+    runtime = FakeRuntime(delay=0.02)
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=2, max_concurrent_runs=1)
+        deadline = time.perf_counter() + 0.03
+        results = await asyncio.gather(
+            *(batcher.submit(request(i, rows=2), deadline=deadline) for i in range(6)), return_exceptions=True
+        )
+        await batcher.close()
+        return results
+
+    results = run(main())
+    assert not any(isinstance(r, TooLate) for r in results)  # nothing known: admitted
+    assert any(isinstance(r, DeadlineExceeded) for r in results)  # the deadline still drops what is queued at it
+
+
+def test_a_full_queue_says_when_it_will_have_room():
+    runtime = FakeRuntime(delay=0.05)
+
+    async def main():
+        batcher = Batcher(runtime, AXES, max_batch_rows=2, max_queue_rows=4, max_concurrent_runs=1)
+        batcher.throughput.observe(2, 2.0)  # one second per row: the queue drains slowly
+        results = await asyncio.gather(*(batcher.submit(request(i, rows=2)) for i in range(4)), return_exceptions=True)
+        await batcher.close()
+        return results
+
+    full = [r for r in run(main()) if isinstance(r, QueueFull)]
+    assert full and all(int(r.headers["Retry-After"]) >= 2 for r in full)

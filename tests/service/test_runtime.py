@@ -86,12 +86,15 @@ def test_warm_up_covers_every_bucket_when_padding_and_sets_ready(model_dir):
     assert model.warm_up() == 4 * 5  # 4 graphs × buckets 1, 2, 4, 8, 12
 
 
-def test_warm_up_without_padding_runs_each_graph_once(model_dir):
+def test_warm_up_without_padding_runs_one_row_and_a_full_batch_and_seeds_the_throughput(model_dir):
     registry = Registry(
         Settings(model_dir=model_dir, default_model="good", max_batch_rows=12, pad_batches="false"), Metrics()
     )
     registry.load_all()
-    assert registry.models["good"].warm_up() == 4
+    model = registry.models["good"]
+    assert all(b.throughput.seconds_per_row(0.0) is None for b in model.batchers.values())
+    assert model.warm_up() == 4 * 2
+    assert all(b.throughput.rows == 12 and b.throughput.busy_s > 0 for b in model.batchers.values())
 
 
 def test_runtime_runs_the_graphs_through_the_batchers(model_dir):
