@@ -53,7 +53,6 @@ class Job:
     signature: tuple  # jobs coalesce only with jobs whose non-batch shapes match
     future: asyncio.Future
     enqueued_at: float = field(default_factory=time.perf_counter)
-    expected_s: float | None = None  # the wait admission predicted, queue and run: checked when it is done
     queued: bool = True  # False once a run has taken it: past that point it is never dropped
 
 
@@ -213,54 +212,61 @@ class JobQueue:
         return True
 
 
+@dataclass(eq=False)
+class RunTiming:
+    """One run's rows, and when the executor thread began and ended it (None until it does)."""
+
+    rows: int
+    began: float | None = None
+    ended: float | None = None
+
+
 class Throughput:
     """A batcher's measured service rate: seconds per row of cost while it is busy.
 
-    Busy time is wall time with at least one run in flight, so concurrent runs are counted as the
-    throughput they give together. Sums decay by ``decay`` per finished run: the rate follows a
-    machine that slows down or speeds up within a few runs. A run in flight for longer than the
-    rate predicts raises the estimate at once (``seconds_per_row``), before it finishes. And each
-    prediction is checked against the wait it predicted (``checked``): their decayed ratio scales
-    every estimate, for what the rate does not see (an event loop busy parsing a burst, which
-    slows the runs it shares the cores with).
+    Runs are timed by the executor thread that runs them, not by the event loop, which under a
+    burst is late to notice a finished run. Busy time is the union of the runs' intervals, so
+    concurrent runs count as the throughput they give together. Sums decay by ``decay`` per
+    finished run: the rate follows a machine that slows down or speeds up within a few runs. A run
+    going for longer than the rate predicts raises the estimate at once, before it finishes.
     """
 
     def __init__(self, decay: float = 0.8):
         self.decay = decay
         self.busy_s = 0.0  # decayed busy seconds
         self.rows = 0.0  # decayed rows those seconds served
-        self.in_flight_rows = 0
-        self.mark = 0.0  # start of the busy time not yet counted
-        self.error = 1.0  # measured ÷ predicted waits, decayed (in log space), within [0.5, 4]
+        self.last_end = 0.0  # the end of the busy time counted so far
+        self.in_flight: list[RunTiming] = []
+
+    @property
+    def in_flight_rows(self) -> int:
+        return sum(run.rows for run in self.in_flight)
 
     def observe(self, rows: int, seconds: float) -> None:
         """A measured run outside the loop (warm-up): ``rows`` served in ``seconds``."""
         self.busy_s = self.decay * self.busy_s + seconds
         self.rows = self.decay * self.rows + rows
 
-    def started(self, rows: int, now: float) -> None:
-        if self.in_flight_rows == 0:
-            self.mark = now
-        self.in_flight_rows += rows
+    def submitted(self, rows: int) -> RunTiming:
+        run = RunTiming(rows)
+        self.in_flight.append(run)
+        return run
 
-    def finished(self, rows: int, now: float) -> None:
-        self.in_flight_rows -= rows
-        self.observe(rows, now - self.mark)
-        self.mark = now
-
-    def checked(self, predicted_s: float, measured_s: float) -> None:
-        """A finished job's wait against what its admission predicted."""
-        if predicted_s > 1e-4:
-            ratio = min(4.0, max(0.25, measured_s / predicted_s))
-            self.error = min(4.0, max(0.5, self.error * ratio ** (1 - self.decay)))
+    def finished(self, run: RunTiming) -> None:
+        self.in_flight.remove(run)
+        if run.began is None or run.ended is None:
+            return  # it never ran (its executor was shut down): nothing measured
+        self.observe(run.rows, max(0.0, run.ended - max(run.began, self.last_end)))
+        self.last_end = max(self.last_end, run.ended)
 
     def seconds_per_row(self, now: float) -> float | None:
         """None until a run was measured: with no history a request is admitted by the queue limit alone."""
         if self.rows <= 0:
             return None
         rate = self.busy_s / self.rows
-        if self.in_flight_rows:
-            rate = max(rate, (now - self.mark) / self.in_flight_rows)  # the running batch is slower than thought
+        for run in self.in_flight:
+            if run.began is not None and run.ended is None:
+                rate = max(rate, (now - run.began) / run.rows)  # this run is slower than thought
         return rate
 
     def seconds_to_serve(self, rows_ahead: int, now: float) -> float | None:
@@ -268,8 +274,13 @@ class Throughput:
         rate = self.seconds_per_row(now)
         if rate is None:
             return None
-        in_flight_left = max(0.0, self.in_flight_rows * rate - (now - self.mark)) if self.in_flight_rows else 0.0
-        return (in_flight_left + (rows_ahead - self.in_flight_rows) * rate) * self.error
+        in_flight_rows, done_s = 0, 0.0
+        for run in self.in_flight:
+            if run.ended is None:
+                in_flight_rows += run.rows
+                done_s += 0.0 if run.began is None else now - run.began
+        in_flight_left = max(0.0, in_flight_rows * rate - done_s)
+        return in_flight_left + (rows_ahead - self.in_flight_rows) * rate
 
 
 def retry_after(seconds: float) -> int:
@@ -366,11 +377,6 @@ class Batcher:
                 retry_after(drain_s),
             )
         finish_s = self.throughput.seconds_to_serve(ahead + cost, now)
-        if finish_s is not None:
-            behind = ahead
-            for job in jobs:  # each chunk finishes after the ones before it
-                behind += job.cost
-                job.expected_s = self.throughput.seconds_to_serve(behind, now)
         if deadline is not None and finish_s is not None and now + finish_s > deadline:
             late_s = now + finish_s - deadline  # by then the queue ahead has shrunk enough to make it
             self.observer.shed(cost, "late")
@@ -458,9 +464,11 @@ class Batcher:
         cost = sum(j.cost for j in jobs)
         self.observer.batch(rows, len(jobs))
         started = time.perf_counter()
-        self.throughput.started(cost, started)
+        timing = self.throughput.submitted(cost)
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self._padded_run, jobs, rows)
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._padded_run, jobs, rows, timing
+            )
             pieces = split(outputs, [j.rows for j in jobs], self.batch_axes)
         except Exception as exc:  # the failure belongs to this run's requests only
             log.warning("%s: run of %d rows failed: %s", self.name, rows, exc)
@@ -470,28 +478,28 @@ class Batcher:
             self._report(jobs, rows, started, ok=False)
             return
         finally:
-            self.throughput.finished(cost, time.perf_counter())
+            self.throughput.finished(timing)
         for job, piece in zip(jobs, pieces):
             if not job.future.done():
                 job.future.set_result(piece)
         self._report(jobs, rows, started, ok=True)
 
-    def _padded_run(self, jobs: list[Job], rows: int) -> Tensors:
-        """Concatenate, pad to the bucket, run, cut the padding off (in the executor thread)."""
-        inputs = concatenate([j.inputs for j in jobs], self.batch_axes)
-        target = self.padded_rows(rows, weight=jobs[0].cost // jobs[0].rows)
-        outputs = self.run(pad_rows(inputs, rows, target, self.batch_axes))
+    def _padded_run(self, jobs: list[Job], rows: int, timing: RunTiming) -> Tensors:
+        """Concatenate, pad to the bucket, run, cut the padding off (in the executor thread, which times it)."""
+        timing.began = time.perf_counter()
+        try:
+            inputs = concatenate([j.inputs for j in jobs], self.batch_axes)
+            target = self.padded_rows(rows, weight=jobs[0].cost // jobs[0].rows)
+            outputs = self.run(pad_rows(inputs, rows, target, self.batch_axes))
+        finally:
+            timing.ended = time.perf_counter()
         if target == rows:
             return outputs
         return {n: take_rows(v, 0, rows, self.batch_axes.get(n, 0)) for n, v in outputs.items()}
 
     def _report(self, jobs: list[Job], rows: int, started: float, ok: bool) -> None:
         now = time.perf_counter()
-        waits = [now - j.enqueued_at for j in jobs]
-        for job, wait in zip(jobs, waits):
-            if job.expected_s is not None:
-                self.throughput.checked(job.expected_s, wait)
-        self.observer.run_done(rows, now - started, waits, ok)
+        self.observer.run_done(rows, now - started, [now - j.enqueued_at for j in jobs], ok)
 
     async def close(self) -> None:
         for task in [self._worker, *self._running]:
