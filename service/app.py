@@ -15,6 +15,7 @@ from fastapi_offline import FastAPIOffline
 
 from . import __version__
 from .errors import ClientGone, ServiceError, client_gone, service_error, validation_error
+from .hot import HotRoutes
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, RequestMiddleware
@@ -82,15 +83,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(repository.router)
     app.include_router(playground.router)
     app.mount("/static", StaticFiles(directory=playground.STATIC), name="static")
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # The hot routes sit in front of Starlette's own stack (its error middleware, routing, Request
+    # objects), the pure-ASGI middleware in front of both: set as the app's stack, so every server
+    # that runs the app (uvicorn, Ray Serve, a test's ASGI transport) goes through it.
+    front = HotRoutes(app.build_middleware_stack(), app.state, inference.HOT_ROUTES, oip.infer_tensors)
+    front = BodyLimitMiddleware(front, max_bytes=settings.max_body_bytes)
     if settings.cors_origin_list:
-        app.add_middleware(
-            CORSMiddleware,
+        front = CORSMiddleware(
+            front,
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
             expose_headers=EXPOSED_HEADERS,
             max_age=600,
         )
-    app.add_middleware(RequestMiddleware, metrics=metrics, lifecycle=lifecycle, access_log=settings.access_log)
+    app.middleware_stack = RequestMiddleware(
+        front, metrics=metrics, lifecycle=lifecycle, access_log=settings.access_log
+    )
     return app

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
+from .answer import Answer
 from .errors import InvalidInput, NotAcceptable, UnsupportedMediaType, invalid
 
 ImageShape = tuple[int, int, int]  # (H, W, C), C = 1 or 3
@@ -38,11 +38,16 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_MODES = {1: "L", 3: "RGB"}
 
 
+def json_bytes(content: Any) -> bytes:
+    """JSON straight from numpy arrays with orjson: no ``.tolist()``, no pydantic."""
+    return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+
+
 class NumpyJSONResponse(JSONResponse):
-    """JSON straight from numpy arrays with orjson: no ``.tolist()``, no pydantic on the hot path."""
+    """FastAPI's routes answering dicts that may hold numpy arrays."""
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        return json_bytes(content)
 
 
 # ---- media types ---------------------------------------------------------------------------------
@@ -89,18 +94,19 @@ def validate_options(model: type[BaseModel], data: dict, where: str) -> BaseMode
         raise RequestValidationError([{**e, "loc": (where, *e["loc"])} for e in errors]) from None
 
 
-async def read_request(request: Request, options: type[BaseModel], array_field: str | None = None):
-    """(options, array or None): a JSON object, or an NPY body with the options in the query string.
+async def read_request(call, options: type[BaseModel], array_field: str | None = None):
+    """(options, array or None) of a ``hot.Call``: a JSON object, or an NPY body with the options in
+    the query string.
 
     The array is float32 in whatever shape was sent (PNGs stay strings: their size is checked
     against the model's when ``images`` shapes them).
     """
-    kind = media_type(request.headers.get("content-type"))
-    body = await request.body()
-    query = dict(request.query_params)
+    kind = media_type(call.headers.get("content-type"))
+    body = await call.body()
+    query = call.query_params
     if kind == NPY:
         if array_field is None:
-            raise UnsupportedMediaType(f"{request.url.path} takes no array: send its options as {JSON}")
+            raise UnsupportedMediaType(f"{call.path} takes no array: send its options as {JSON}")
         return validate_options(options, query, "query"), read_npy(body, array_field)
     if kind != JSON and not kind.endswith("+json"):
         accepted = f"{JSON} or {NPY}" if array_field else JSON
@@ -365,13 +371,13 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def answer(kind: str, main: str, arrays: dict[str, np.ndarray], json_body: dict, headers: dict[str, str]) -> Response:
+def answer(kind: str, main: str, arrays: dict[str, np.ndarray], json_body: dict, headers: dict[str, str]) -> Answer:
     """The body the client's Accept asked for: JSON, the ``main`` array as NPY (the others' names in
     a header), or all of them as NPZ."""
     if kind == JSON:
-        return NumpyJSONResponse(json_body, headers=headers)
+        return Answer(json_bytes(json_body), headers=headers)
     if kind == NPZ:
-        return Response(npz_bytes(arrays), media_type=NPZ, headers=headers)
+        return Answer(npz_bytes(arrays), media_type=NPZ, headers=headers)
     others = ",".join(name for name in arrays if name != main)
     named = {**headers, "X-Array": main, **({"X-Other-Arrays": others} if others else {})}
-    return Response(npy_bytes(arrays[main]), media_type=NPY, headers=named)
+    return Answer(npy_bytes(arrays[main]), media_type=NPY, headers=named)

@@ -13,6 +13,8 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
+from .answer import Answer, to_response
+
 OIP_PREFIX = "/v2"
 MAX_ERRORS = 10  # one bad image can fail every pixel in each branch of a union: the first few say it
 
@@ -110,13 +112,13 @@ def invalid(where: str, *loc, message: str) -> InvalidInput:
     return InvalidInput(message, (where, *loc))
 
 
-def _json(body: dict, status: int, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+def _json(body: dict, status: int, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(orjson.dumps(body), status, headers=headers)
 
 
-def render(request: Request, exc: ServiceError) -> Response:
+def render(path: str, exc: ServiceError) -> Answer:
     """REST or OIP, by the path the request came in on."""
-    if request.url.path.startswith(OIP_PREFIX):
+    if path.startswith(OIP_PREFIX):
         return _json({"error": exc.message}, exc.oip_status or exc.status, exc.headers)
     if exc.loc:
         return _json(
@@ -125,11 +127,7 @@ def render(request: Request, exc: ServiceError) -> Response:
     return _json({"detail": exc.message}, exc.status, exc.headers)
 
 
-async def service_error(request: Request, exc: ServiceError) -> Response:
-    return render(request, exc)
-
-
-async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+def render_validation(path: str, exc: RequestValidationError) -> Answer:
     """FastAPI's 422 without echoing the input back: a whole batch for one bad pixel, or NaN that
     JSON cannot carry."""
     everything = exc.errors()
@@ -140,11 +138,22 @@ async def validation_error(request: Request, exc: RequestValidationError) -> Res
     if len(everything) > MAX_ERRORS:
         more = len(everything) - MAX_ERRORS
         errors.append({"loc": ["body"], "msg": f"and {more} more errors", "type": "too_many_errors"})
-    if request.url.path.startswith(OIP_PREFIX):
+    if path.startswith(OIP_PREFIX):
         return _json({"error": "; ".join(e["msg"] for e in errors)}, 400)
     return _json({"detail": errors}, 422)
 
 
+GONE = Answer(b"", 499, media_type=None)  # what the metrics and the access log record: nobody receives it
+
+
+# FastAPI's exception handlers, for the routes it serves itself
+async def service_error(request: Request, exc: ServiceError) -> Response:
+    return to_response(render(request.url.path, exc))
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+    return to_response(render_validation(request.url.path, exc))
+
+
 async def client_gone(request: Request, exc: ClientGone) -> Response:
-    """499 is what the metrics and the access log record: nobody receives it."""
-    return Response(status_code=499)
+    return to_response(GONE)

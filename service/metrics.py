@@ -17,6 +17,7 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._request_children: dict[tuple[str, int], tuple] = {}  # bounded: route templates × statuses
         self.requests = Counter(
             "vae_requests", "HTTP requests by route and status", ["endpoint", "status"], registry=self.registry
         )
@@ -59,6 +60,16 @@ class Metrics:
         self.model_loads = Counter(
             "vae_model_loads", "model versions loaded, refused or unloaded", ["model", "result"], registry=self.registry
         )
+
+    def count_request(self, endpoint: str, status: int, seconds: float) -> None:
+        """One HTTP request by route template and status; the labelled children are looked up once."""
+        key = (endpoint, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self.requests.labels(endpoint, str(status)), self.latency.labels(endpoint)
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observer(self, model: str, graph: str) -> BatchObserver:
         return _Observer(self, model, graph)

@@ -64,8 +64,7 @@ class RequestMiddleware:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"  # templates only: bounded label values
             elapsed = time.perf_counter() - started
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(elapsed)
+            self.metrics.count_request(endpoint, status, elapsed)
             if self.access_log:
                 access.info(
                     "%s %s %d",

@@ -7,8 +7,7 @@ from __future__ import annotations
 import hmac
 import math
 import time
-
-from fastapi import Request
+from collections.abc import Mapping
 
 from .errors import Forbidden, InvalidInput, TooLarge, Unauthorized
 from .settings import Settings
@@ -16,7 +15,7 @@ from .settings import Settings
 TIMEOUT_HEADER = "x-timeout-ms"
 
 
-def authorize(request: Request, keys: list[str]) -> None:
+def authorize(headers: Mapping[str, str], keys: list[str]) -> None:
     """Pass if no keys are configured or the request presents one (Bearer or X-API-Key).
 
     Every key is compared in constant time, and all of them are compared, so the answer's timing
@@ -24,11 +23,11 @@ def authorize(request: Request, keys: list[str]) -> None:
     """
     if not keys:
         return
-    authorization = request.headers.get("authorization", "")
+    authorization = headers.get("authorization", "")
     if authorization[:7].lower() == "bearer ":
         presented = authorization[7:].strip()
     else:
-        presented = request.headers.get("x-api-key", "")
+        presented = headers.get("x-api-key", "")
     if not presented:
         raise Unauthorized("missing API key: send Authorization: Bearer <key> or X-API-Key: <key>")
     matched = False
@@ -38,16 +37,16 @@ def authorize(request: Request, keys: list[str]) -> None:
         raise Unauthorized("invalid API key")
 
 
-def authorize_admin(request: Request, keys: list[str]) -> None:
+def authorize_admin(headers: Mapping[str, str], keys: list[str]) -> None:
     """The repository API: an admin key (Bearer or X-API-Key, as ``authorize``); with none configured it is off."""
     if not keys:
         raise Forbidden("the repository API is off: set VAE_ADMIN_KEYS to use it")
-    authorize(request, keys)
+    authorize(headers, keys)
 
 
-def header_timeout_s(request: Request) -> float | None:
+def header_timeout_s(headers: Mapping[str, str]) -> float | None:
     """The client's ``X-Timeout-Ms`` in seconds, or None when it sent none."""
-    header = request.headers.get(TIMEOUT_HEADER)
+    header = headers.get(TIMEOUT_HEADER)
     if header is None:
         return None
     try:

@@ -11,9 +11,11 @@ import random
 import secrets
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from .. import arrays, rules
+from ..answer import Answer
+from ..hot import Call, Handler, documented
 from ..lifecycle import run_or_abandon
 from ..schemas import (
     AnomalyOptions,
@@ -34,9 +36,10 @@ from ..schemas import (
 from .openapi import array_responses, request_doc
 
 # Handlers read their bodies themselves and answer from numpy arrays: response_model and
-# openapi_extra document the contract, pydantic never sees the arrays. No FastAPI dependencies:
-# their solver costs about a tenth of /sample's time on the hot routes.
+# openapi_extra document the contract, pydantic never sees the arrays. ``service.hot`` serves
+# them as plain ASGI; FastAPI documents them (``documented``).
 router = APIRouter(tags=["inference"], default_response_class=arrays.NumpyJSONResponse)
+HOT_ROUTES: dict[str, Handler] = {}
 
 NPY_IMAGES = (
     "float32 images (N, H, W), (N, H, W, C) or (N, H·W·C) of the model's image_shape, in [0, 1]; options in the query"
@@ -44,11 +47,23 @@ NPY_IMAGES = (
 NPY_LATENTS = "float32 latents, shape (N, latent_dim); options in the query string"
 
 _seeds = random.Random(secrets.randbits(128))  # seeds for requests that give none: unpredictable enough, no syscall
+_unseeded = np.random.Generator(np.random.PCG64(secrets.randbits(128)))  # ε for requests that need no seed back
 
 
 def _rng(seed: int | None) -> tuple[int, np.random.Generator]:
+    """The request's own generator, so a seed gives the same draw on any server: /sample returns the
+    seed it picked when none was given."""
     seed = _seeds.getrandbits(63) if seed is None else seed
-    return seed, np.random.Generator(np.random.PCG64(seed))
+    return seed, _seeded(seed)
+
+
+def _eps_rng(seed: int | None) -> np.random.Generator:
+    """ε's generator: seeded per request only when the request has a seed (nothing returns one picked)."""
+    return _unseeded if seed is None else _seeded(seed)
+
+
+def _seeded(seed: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(seed))
 
 
 def _headers(model) -> dict[str, str]:
@@ -56,103 +71,113 @@ def _headers(model) -> dict[str, str]:
     return {"X-Model": model.name, "X-Model-Version": model.version}
 
 
-def _admit(request: Request) -> tuple[float, str]:
+def _admit(call: Call) -> tuple[float, str]:
     """What needs no body: the API key, the deadline (a perf_counter value) and the answer's media type."""
-    settings = request.app.state.settings
-    rules.authorize(request, settings.api_key_list)
-    return rules.deadline(settings, rules.header_timeout_s(request)), arrays.negotiate(request.headers.get("accept"))
+    settings, headers = call.state.settings, call.headers
+    rules.authorize(headers, settings.api_key_list)
+    return rules.deadline(settings, rules.header_timeout_s(headers)), arrays.negotiate(headers.get("accept"))
 
 
-async def _images_request(request: Request, options_model):
+async def _images_request(call: Call, options_model):
     """Options, the model, x (B, H·W·C) and ε (K, B, Z) drawn from the seed."""
-    options, array = await arrays.read_request(request, options_model, "inputs")
-    model = request.app.state.registry.resolve(options.model)
-    rules.check_size(request.app.state.settings, len(array), options.samples)
+    options, array = await arrays.read_request(call, options_model, "inputs")
+    model = call.state.registry.resolve(options.model)
+    rules.check_size(call.state.settings, len(array), options.samples)
     x = arrays.images(array, model.image_shape)
-    _, rng = _rng(options.seed)
+    rng = _eps_rng(options.seed)
     eps = rng.standard_normal((options.samples, len(x), model.latent_dim), dtype=np.float32)  # (K, B, Z)
     return options, model, x, eps
 
 
-@router.post(
+@documented(
+    router,
+    HOT_ROUTES,
     "/encode",
     response_model=EncodeResponse,
     summary="q(z|x): posterior mean and log-variance (and samples)",
     openapi_extra=request_doc(EncodeRequest, EncodeOptions, NPY_IMAGES),
     responses=array_responses("mean", "mean, log_var and z"),
 )
-async def encode(request: Request):
-    deadline, kind = _admit(request)
-    _, model, x, eps = await _images_request(request, EncodeOptions)
-    out = await run_or_abandon(request, model.encode(x, eps, deadline))
+async def encode(call: Call) -> Answer:
+    deadline, kind = _admit(call)
+    _, model, x, eps = await _images_request(call, EncodeOptions)
+    out = await run_or_abandon(call.receive, model.encode(x, eps, deadline))
     return arrays.answer(kind, "mean", out, {"model": model.name, **out}, _headers(model))
 
 
-@router.post(
+@documented(
+    router,
+    HOT_ROUTES,
     "/decode",
     response_model=ImagesResponse,
     summary="E[x|z]: the decoder's mean image for each latent",
     openapi_extra=request_doc(DecodeRequest, DecodeOptions, NPY_LATENTS),
     responses=array_responses("images", "images"),
 )
-async def decode(request: Request):
-    deadline, kind = _admit(request)
-    options, array = await arrays.read_request(request, DecodeOptions, "latents")
-    model = request.app.state.registry.resolve(options.model)
-    rules.check_size(request.app.state.settings, len(array), rows_field="latents")
+async def decode(call: Call) -> Answer:
+    deadline, kind = _admit(call)
+    options, array = await arrays.read_request(call, DecodeOptions, "latents")
+    model = call.state.registry.resolve(options.model)
+    rules.check_size(call.state.settings, len(array), rows_field="latents")
     z = arrays.latents(array, model.latent_dim)  # (B, Z)
-    out = await run_or_abandon(request, model.decode(z, deadline))
+    out = await run_or_abandon(call.receive, model.decode(z, deadline))
     images = arrays.as_image_grid(out["image"], model.image_shape)
     body = {"model": model.name, "images": arrays.images_payload(images, options.format)}
     return arrays.answer(kind, "images", {"images": images}, body, _headers(model))
 
 
-@router.post(
+@documented(
+    router,
+    HOT_ROUTES,
     "/sample",
     response_model=SampleResponse,
     summary="x ~ p(x): decode z ~ N(0, temperature² I)",
     openapi_extra=request_doc(SampleRequest),
     responses=array_responses("images", "images and latents"),
 )
-async def sample(request: Request):
-    deadline, kind = _admit(request)
-    options, _ = await arrays.read_request(request, SampleRequest)
-    model = request.app.state.registry.resolve(options.model)
-    rules.check_size(request.app.state.settings, options.n, rows_field="n")
+async def sample(call: Call) -> Answer:
+    deadline, kind = _admit(call)
+    options, _ = await arrays.read_request(call, SampleRequest)
+    model = call.state.registry.resolve(options.model)
+    rules.check_size(call.state.settings, options.n, rows_field="n")
     seed, rng = _rng(options.seed)
     z = rng.standard_normal((options.n, model.latent_dim), dtype=np.float32) * np.float32(options.temperature)  # (n, Z)
-    out = await run_or_abandon(request, model.decode(z, deadline))
+    out = await run_or_abandon(call.receive, model.decode(z, deadline))
     images = arrays.as_image_grid(out["image"], model.image_shape)
     body = {"model": model.name, "seed": seed, "latents": z, "images": arrays.images_payload(images, options.format)}
     headers = {**_headers(model), "X-Seed": str(seed)}
     return arrays.answer(kind, "images", {"images": images, "latents": z}, body, headers)
 
 
-@router.post(
+@documented(
+    router,
+    HOT_ROUTES,
     "/elbo",
     response_model=ElboResponse,
     summary="ELBO, its terms and the IWAE log p(x), per input, in nats",
     openapi_extra=request_doc(ElboRequest, ElboOptions, NPY_IMAGES),
     responses=array_responses("log_likelihood", "elbo, reconstruction, kl, log_likelihood and gap"),
 )
-async def elbo(request: Request):
-    deadline, kind = _admit(request)
-    _, model, x, eps = await _images_request(request, ElboOptions)
-    out = await run_or_abandon(request, model.score(x, eps, deadline))
+async def elbo(call: Call) -> Answer:
+    deadline, kind = _admit(call)
+    _, model, x, eps = await _images_request(call, ElboOptions)
+    out = await run_or_abandon(call.receive, model.score(x, eps, deadline))
     return arrays.answer(kind, "log_likelihood", out, {"model": model.name, **out}, _headers(model))
 
 
-@router.post(
+@documented(
+    router,
+    HOT_ROUTES,
     "/anomaly",
     response_model=AnomalyResponse,
     summary="calibrated out-of-distribution score, its percentile and the outlier flag, per input",
     openapi_extra=request_doc(AnomalyRequest, AnomalyOptions, NPY_IMAGES),
     responses=array_responses("score", "score, percentile, outlier, log_likelihood, statistic_* and maps"),
 )
-async def anomaly(request: Request):
-    deadline, kind = _admit(request)
-    options, model, x, eps = await _images_request(request, AnomalyOptions)
-    out = await run_or_abandon(request, model.anomaly(x, eps, options.threshold, options.maps, deadline))
+async def anomaly(call: Call) -> Answer:
+    deadline, kind = _admit(call)
+    options, model, x, eps = await _images_request(call, AnomalyOptions)
+    out = await run_or_abandon(call.receive, model.anomaly(x, eps, options.threshold, options.maps, deadline))
     statistics = out.pop("statistics")
     if "maps" in out:
         out["maps"] = arrays.as_image_grid(out["maps"], model.image_shape)

@@ -13,8 +13,10 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 
 from .. import __version__, rules
+from ..answer import Answer
 from ..arrays import NumpyJSONResponse
 from ..errors import OIP_PREFIX, ModelUnavailable, ServiceUnavailable, UnknownModel
+from ..hot import Call, respond
 from ..lifecycle import not_ready, run_or_abandon
 from ..oip_codec import EXTENSIONS, HEADER_LENGTH, infer_response, model_metadata, parse_infer_request
 from ..registry import Registry
@@ -51,7 +53,7 @@ def _graph(registry: Registry, name: str, version: str | None = None) -> tuple[M
 
 
 async def require_api_key(request: Request) -> None:
-    rules.authorize(request, request.app.state.settings.api_key_list)
+    rules.authorize(request.headers, request.app.state.settings.api_key_list)
 
 
 KEYED = [Depends(require_api_key)]
@@ -118,19 +120,26 @@ async def model_stats(name: ModelName, request: Request, version: str | None = N
     return {"model_stats": [runtime.stats[graph].report(name, runtime.version)]}
 
 
-@router.post("/models/{name}/infer", summary="inference, with JSON or binary tensors", dependencies=KEYED)
-@router.post("/models/{name}/versions/{version}/infer", summary="inference on one version", dependencies=KEYED)
+@router.post("/models/{name}/infer", summary="inference, with JSON or binary tensors")
+@router.post("/models/{name}/versions/{version}/infer", summary="inference on one version")
 async def infer(name: ModelName, request: Request, version: str | None = None) -> Response:
-    registry, settings = _registry(request), request.app.state.settings
-    runtime, graph = _graph(registry, name, version)
+    # OpenAPI's entry for OIP infer (a docstring here would become its description); service.hot serves it
+    return await respond(infer_tensors, request)
+
+
+async def infer_tensors(call: Call) -> Answer:
+    """One graph on the request's tensors: the API key, the graph, the size and deadline rules, the run."""
+    settings, headers = call.state.settings, call.headers
+    rules.authorize(headers, settings.api_key_list)
+    runtime, graph = _graph(call.state.registry, call.params["name"], call.params.get("version"))
     spec = runtime.manifest.graphs[graph]
-    parsed = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH), spec)
+    parsed = parse_infer_request(await call.body(), headers.get(HEADER_LENGTH), spec)
     first = next(iter(parsed.inputs))
     rows = parsed.inputs[first].shape[spec.batch_axes[first]]
     samples = parsed.inputs["eps"].shape[0] if "eps" in parsed.inputs else 0  # K: each row costs K graph rows
     rules.check_size(settings, rows, samples, rows_field="inputs")
     deadline = rules.deadline(settings, parsed.timeout_s, ("body", "parameters", "timeout"))
     work = runtime.infer(graph, parsed.inputs, weight=max(1, samples), deadline=deadline)
-    results = await run_or_abandon(request, work)
-    body, headers = infer_response(name, runtime.version, parsed, results)
-    return Response(body, headers={**headers, "X-Model-Version": runtime.version})
+    results = await run_or_abandon(call.receive, work)
+    body, headers = infer_response(call.params["name"], runtime.version, parsed, results)
+    return Answer(body, media_type=None, headers={**headers, "X-Model-Version": runtime.version})

@@ -24,7 +24,7 @@ STATES = {READY: "READY", LOADING: "LOADING"}  # Triton's states; anything else 
 
 
 async def require_admin_key(request: Request) -> None:
-    rules.authorize_admin(request, request.app.state.settings.admin_key_list)
+    rules.authorize_admin(request.headers, request.app.state.settings.admin_key_list)
 
 
 router = APIRouter(
