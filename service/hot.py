@@ -59,19 +59,15 @@ class Call:
         return self._query
 
     async def body(self) -> bytes:
-        message = await self.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        body = message.get("body", b"")
-        if not message.get("more_body", False):
-            return body  # one message: the body limit's replay, or a small request
-        chunks = [body]
-        while message.get("more_body", False):
+        chunks = []
+        while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 raise ClientGone()
             chunks.append(message.get("body", b""))
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                # one message (the body limit's replay, or a small request) is used as it came
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 @dataclass(frozen=True, slots=True)
