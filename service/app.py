@@ -19,6 +19,7 @@ from .hot import HotRoutes
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, RequestMiddleware
+from .peers import LocalPeers, WorkerLink
 from .registry import Registry
 from .routes import inference, meta, oip, playground, repository
 from .settings import Settings, get_settings
@@ -44,8 +45,10 @@ KL(q(z|x) ‖ p(z|x)). A low log p(x) marks an input the model finds unlikely (a
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, peers: LocalPeers | WorkerLink | None = None) -> FastAPI:
+    """The app; ``peers`` reaches every worker process (``service.workers``), or this one alone."""
     settings = settings or get_settings()
+    peers = peers or LocalPeers()
     metrics = Metrics()
 
     @asynccontextmanager
@@ -53,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = Registry(settings, metrics)
         await asyncio.to_thread(registry.load_all)
         app.state.registry = registry
+        await peers.start(app.state)  # a worker applies the loads and unloads the others did
         gc.freeze()  # the loaded app and models are permanent: later collections skip them
         # Warm-up runs in the background: /health/live answers at once, /health/ready turns 200 after.
         warm_up = asyncio.create_task(asyncio.to_thread(registry.warm_up)) if settings.warmup else None
@@ -65,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stop_watching()
             if warm_up is not None and not warm_up.done():
                 await asyncio.wait([warm_up], timeout=30)
+            await peers.stop()
             await registry.close()
 
     # /docs and /redoc with their scripts and styles served from the app, not a CDN
@@ -73,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.metrics = metrics
     app.state.settings = settings
+    app.state.peers = peers
     app.state.lifecycle = lifecycle = Lifecycle()
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ServiceError, service_error)

@@ -4,17 +4,15 @@
   (``receive`` is the request's ASGI channel),
   so an abandoned request never reaches onnxruntime.
 - ``Lifecycle``: the draining flag the SIGTERM handler in ``__main__`` sets and ``RequestMiddleware``
-  and readiness read.
+  and readiness (``peers.not_ready``) read.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
-
-from fastapi import Request
 
 from .errors import ClientGone
 
@@ -24,19 +22,7 @@ T = TypeVar("T")
 @dataclass
 class Lifecycle:
     draining: bool = False
-
-
-def not_ready(request: Request) -> str | None:
-    """Why this server should get no traffic now (the same answer for /health/ready and the OIP
-    readiness routes), or None when it is ready."""
-    state = request.app.state
-    if state.lifecycle.draining:
-        return "shutting down"
-    if not state.registry.models:
-        return "no models loaded"
-    if not state.registry.ready:
-        return "warming up"
-    return None
+    begin_drain: Callable[[], None] | None = None  # set by the server that runs the app: the SIGTERM drain
 
 
 async def _disconnected(receive) -> None:

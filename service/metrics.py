@@ -3,10 +3,11 @@ in one process) and Triton-style statistics per graph."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from .batcher import BatchObserver
 
@@ -35,7 +36,11 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "vae_queue_rows", "rows waiting in a batcher's queue", ["model", "graph"], registry=self.registry
+            "vae_queue_rows",
+            "rows waiting in a batcher's queue",
+            ["model", "graph"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.queue_wait = Histogram(
             "vae_queue_wait_seconds",
@@ -56,10 +61,21 @@ class Metrics:
             ["model", "graph", "reason"],
             registry=self.registry,
         )
-        self.in_flight = Gauge("vae_requests_in_flight", "HTTP requests being handled", registry=self.registry)
+        self.in_flight = Gauge(
+            "vae_requests_in_flight", "HTTP requests being handled", registry=self.registry, multiprocess_mode="livesum"
+        )
         self.model_loads = Counter(
             "vae_model_loads", "model versions loaded, refused or unloaded", ["model", "result"], registry=self.registry
         )
+
+    def exposition(self) -> bytes:
+        """The text a scrape gets: under worker processes (prometheus_client's multiprocess directory
+        set), every live and past worker's samples summed; else this process's registry."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
 
     def count_request(self, endpoint: str, status: int, seconds: float) -> None:
         """One HTTP request by route template and status; the labelled children are looked up once."""
@@ -155,3 +171,31 @@ class GraphStats(BatchObserver):
                 for size, (runs, ns) in sorted(self.batches.items())
             ],
         }
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One graph's statistics from several worker processes, summed as if one process had served all."""
+    merged = {key: value for key, value in reports[0].items() if key not in ("inference_stats", "batch_stats")}
+    merged["last_inference"] = max(r["last_inference"] for r in reports)
+    merged["inference_count"] = sum(r["inference_count"] for r in reports)
+    merged["execution_count"] = sum(r["execution_count"] for r in reports)
+    merged["inference_stats"] = {
+        key: _sum_durations(r["inference_stats"][key] for r in reports) for key in reports[0]["inference_stats"]
+    }
+    batches: dict[int, list[dict]] = {}
+    for report in reports:
+        for batch in report["batch_stats"]:
+            batches.setdefault(batch["batch_size"], []).append(batch)
+    merged["batch_stats"] = [
+        {"batch_size": size, **{key: _sum_durations(b[key] for b in group) for key in group[0] if key != "batch_size"}}
+        for size, group in sorted(batches.items())
+    ]
+    return merged
+
+
+def _sum_durations(durations) -> dict:
+    total = _duration()
+    for d in durations:
+        total["count"] += d["count"]
+        total["ns"] += d["ns"]
+    return total

@@ -62,12 +62,13 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     return options
 
 
-def open_session(path: Path, providers: list[str], options: ort.SessionOptions) -> ort.InferenceSession:
+def open_session(
+    path: Path, providers: list[str], options: ort.SessionOptions, cuda_device: int = 0
+) -> ort.InferenceSession:
+    cuda = {**CUDA_OPTIONS, "device_id": str(cuda_device)}
     with quiet_ort():
         return ort.InferenceSession(
-            str(path),
-            sess_options=options,
-            providers=[(p, CUDA_OPTIONS) if p == CUDA else p for p in providers],
+            str(path), sess_options=options, providers=[(p, cuda) if p == CUDA else p for p in providers]
         )
 
 
@@ -289,7 +290,7 @@ def load_model(
     sessions = {}
     for graph in REQUIRED_GRAPHS:
         spec = manifest.graphs[graph]
-        session = open_session(model_dir / spec.path, providers, options)
+        session = open_session(model_dir / spec.path, providers, options, settings.cuda_device)
         check_graph(session, spec, model_dir / spec.path)
         sessions[graph] = session
     check_latent_dim(manifest)

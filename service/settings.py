@@ -99,6 +99,14 @@ class Settings(BaseSettings):
     )
     access_log: bool = Field(False, description="one log line per request (method, path, status, duration, request id)")
     warmup: bool = Field(True, description="run every batch shape once before /health/ready turns 200")
+    workers: int = Field(
+        0,
+        ge=0,
+        description=(
+            "processes serving the port, each a full replica (0: one per GPU on a CUDA host, else one per core)"
+        ),
+    )
+    cuda_device: int = Field(0, ge=0, description="the GPU a process runs on (with workers: one each, in turn)")
     host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8000, ge=0, le=65535, description="bind port")
     log_level: str = Field("info", description="logging level")

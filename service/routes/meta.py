@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..errors import ModelUnavailable, UnknownModel
-from ..lifecycle import not_ready
+from ..peers import cluster_not_ready
 from ..registry import Registry
 from ..runtime import ModelRuntime
 
@@ -84,11 +84,11 @@ async def live() -> dict:
 
 @router.get("/health/ready", tags=["health"], summary="200 once models are loaded and warmed up, else 503")
 async def ready(registry: RegistryDep, request: Request):
-    if problem := not_ready(request):
+    if problem := await cluster_not_ready(request.app.state):
         return JSONResponse({"status": problem}, status_code=503)
     return {"status": "ready", "models": sorted(registry.models)}
 
 
 @router.get("/metrics", tags=["health"], summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -17,8 +17,10 @@ from ..answer import Answer
 from ..arrays import NumpyJSONResponse
 from ..errors import OIP_PREFIX, ModelUnavailable, ServiceUnavailable, UnknownModel
 from ..hot import Call, respond
-from ..lifecycle import not_ready, run_or_abandon
+from ..lifecycle import run_or_abandon
+from ..metrics import merge_reports
 from ..oip_codec import EXTENSIONS, HEADER_LENGTH, infer_response, model_metadata, parse_infer_request
+from ..peers import cluster_not_ready, raise_errors
 from ..registry import Registry
 from ..runtime import ModelRuntime
 
@@ -77,20 +79,24 @@ async def server_live() -> Response:
     "/health/ready", summary="200 once every model is loaded and warmed up (empty body)", response_class=Response
 )
 async def server_ready(request: Request) -> Response:
-    if problem := not_ready(request):
+    if problem := await cluster_not_ready(request.app.state):
         raise ServiceUnavailable(f"not ready: {problem}")
     return Response(status_code=200)
 
 
 @router.get("/models/stats", summary="statistics of every model", dependencies=KEYED)
 async def all_stats(request: Request) -> dict:
-    return {
-        "model_stats": [
-            runtime.stats[graph].report(f"{model}-{graph}", runtime.version)
-            for model, runtime in _registry(request).models.items()
-            for graph in runtime.batchers
-        ]
-    }
+    return {"model_stats": await _every_workers_stats(request)}
+
+
+async def _every_workers_stats(request: Request) -> list[dict]:
+    """Each graph's statistics summed over every worker process, in the order this worker lists them."""
+    replies = raise_errors(await request.app.state.peers.all({"op": "stats"}))
+    by_name: dict[str, list[dict]] = {}
+    for reply in replies:
+        for report in reply["stats"]:
+            by_name.setdefault(report["name"], []).append(report)
+    return [merge_reports(reports) for reports in by_name.values()]
 
 
 @router.get("/models/{name}", summary="model metadata: inputs and outputs with datatypes and shapes")
@@ -108,7 +114,7 @@ async def metadata(name: ModelName, request: Request, version: str | None = None
 )
 async def model_ready(name: ModelName, request: Request, version: str | None = None) -> Response:
     _graph(_registry(request), name, version)
-    if problem := not_ready(request):
+    if problem := await cluster_not_ready(request.app.state):
         raise ServiceUnavailable(f"model {name!r} is not ready: {problem}")
     return Response(status_code=200)
 
@@ -116,8 +122,8 @@ async def model_ready(name: ModelName, request: Request, version: str | None = N
 @router.get("/models/{name}/stats", summary="Triton-style inference statistics", dependencies=KEYED)
 @router.get("/models/{name}/versions/{version}/stats", summary="statistics of one version", dependencies=KEYED)
 async def model_stats(name: ModelName, request: Request, version: str | None = None) -> dict:
-    runtime, graph = _graph(_registry(request), name, version)
-    return {"model_stats": [runtime.stats[graph].report(name, runtime.version)]}
+    _graph(_registry(request), name, version)
+    return {"model_stats": [r for r in await _every_workers_stats(request) if r["name"] == name]}
 
 
 @router.post("/models/{name}/infer", summary="inference, with JSON or binary tensors")

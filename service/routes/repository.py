@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from .. import rules
 from ..arrays import NumpyJSONResponse, parse_json
 from ..errors import OIP_PREFIX, Conflict, InvalidInput
+from ..peers import raise_errors
 from ..registry import LOADING, READY, Registry
 
 Name = Annotated[str, Path(description="a model folder of the repository", examples=["fashion-mnist"])]
@@ -76,11 +77,13 @@ async def load(name: Name, request: Request) -> Response:
     if overrides:
         raise InvalidInput(f"{', '.join(overrides)}: a model loads from its folder here; copy the files there instead")
     _explicit(request, "load")
-    entry = await _registry(request).load(name)
-    if entry.state != READY:
-        raise InvalidInput(f"failed to load {name!r}: {entry.reason}")
-    if entry.refused:  # the old version still serves: say why the new one did not
-        raise InvalidInput(f"failed to load {name!r} version {entry.refused['version']}: {entry.refused['reason']}")
+    # Every worker process loads it; the answer comes when all of them serve the new state.
+    for reply in raise_errors(await request.app.state.peers.all({"op": "load", "name": name})):
+        entry = reply["entry"]
+        if entry["state"] != READY:
+            raise InvalidInput(f"failed to load {name!r}: {entry['reason']}")
+        if refused := entry.get("refused"):  # the old version still serves: say why the new one did not
+            raise InvalidInput(f"failed to load {name!r} version {refused['version']}: {refused['reason']}")
     return Response(status_code=200)
 
 
@@ -88,5 +91,5 @@ async def load(name: Name, request: Request) -> Response:
 async def unload(name: Name, request: Request) -> Response:
     await _body(request)  # unload_dependents: a model here has none
     _explicit(request, "unload")
-    await _registry(request).unload(name)
+    raise_errors(await request.app.state.peers.all({"op": "unload", "name": name}))
     return Response(status_code=200)
