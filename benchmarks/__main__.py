@@ -1,9 +1,10 @@
 """``python -m benchmarks``: every scenario against vae-serve and its peers, one run, one machine.
 
-Writes ``benchmarks/results/results.{json,md}`` and ``throughput.png``. Peers: (a) vae-serve with
-batching off, (b) a naive FastAPI + onnxruntime app, (c) a FastAPI hello app (the HTTP floor),
-(d) LitServe with batching, (e) onnxruntime in this process (the compute floor). Servers run one
-at a time on 127.0.0.1; wrk (Debian's) is the load generator.
+Writes ``benchmarks/results/results.{json,md}`` and ``throughput.png``. Peers: vae-serve with its
+default workers, with one worker, and with batching off; a lean naive FastAPI + onnxruntime app;
+mosec with one worker (its default) and with two; MLServer (OIP, its own environment); LitServe;
+the HTTP floors (FastAPI and raw ASGI answering a constant body); onnxruntime in this process (the
+compute floor). Servers run one at a time on 127.0.0.1; wrk (Debian's) is the load generator.
 """
 
 from __future__ import annotations
@@ -19,25 +20,56 @@ from pathlib import Path
 import onnxruntime as ort
 
 from service.settings import Settings
+from service.workers import default_workers
 
 from .live import ROOT
 from .load import Peer, Server, python_command, wrk
 from .overload import burst, overload
-from .report import write_report
+from .report import MLSERVER, MOSEC_1, MOSEC_2, ONE_WORKER, write_report
 from .scenarios import NPY, burst_scenario, inprocess_rows_per_second, scenarios
 
 log = logging.getLogger("benchmarks")
 SERVICE = "vae-serve"
 
 
+MLSERVER_PYTHON = ROOT / ".venv-mlserver" / "bin" / "python"
+
+
 def peers(model: str) -> list[Peer]:
-    service = python_command("service")
+    service, both = python_command("service"), ("rest", "oip")
+    workers = default_workers()
+    n1 = ("sample n=1",)
     return [
-        Peer(SERVICE, service, {"VAE_DEFAULT_MODEL": model}),
-        Peer("vae-serve, no batching", service, {"VAE_DEFAULT_MODEL": model, "VAE_BATCHING": "false"}),
+        Peer(SERVICE, service, {"VAE_DEFAULT_MODEL": model}, protocols=both),
+        Peer(ONE_WORKER, service, {"VAE_DEFAULT_MODEL": model, "VAE_WORKERS": "1"}, protocols=both),
+        Peer("vae-serve, no batching", service, {"VAE_DEFAULT_MODEL": model, "VAE_BATCHING": "false"}, only=n1),
         Peer("naive FastAPI", python_command("benchmarks.peers.naive") + ["{port}"]),
-        Peer("LitServe", python_command("benchmarks.peers.lit") + ["{port}"], npy=False),
-        Peer("hello (HTTP floor)", python_command("benchmarks.peers.hello") + ["{port}"], only=("sample n=1",)),
+        Peer(
+            MOSEC_1,
+            python_command("benchmarks.peers.mosec_peer") + ["{port}", "1", "10"],
+            ready_path="/",
+            only=("sample n=1", "sample n=64"),
+        ),  # fmt: skip
+        Peer(
+            MOSEC_2,
+            python_command("benchmarks.peers.mosec_peer") + ["{port}", "2", "1"],
+            ready_path="/",
+            only=("sample n=1", "sample n=64"),
+        ),  # fmt: skip
+        Peer(
+            MLSERVER,
+            [str(MLSERVER_PYTHON), "benchmarks/peers/mlserver/serve.py", "{port}"],
+            ready_path="/v2/health/ready",
+            protocols=("oip",),
+        ),  # fmt: skip
+        Peer("LitServe", python_command("benchmarks.peers.lit") + ["{port}"], npy=False, only=n1),
+        Peer("hello (FastAPI floor)", python_command("benchmarks.peers.hello") + ["{port}"], only=n1),
+        Peer(
+            f"raw ASGI floor, {workers} workers",
+            python_command("benchmarks.peers.floor") + ["{port}", str(workers)],
+            only=n1,
+        ),  # fmt: skip
+        Peer("raw ASGI floor, 1 worker", python_command("benchmarks.peers.floor") + ["{port}", "1"], only=n1),
     ]
 
 
@@ -69,7 +101,7 @@ def load_runs(args, all_scenarios, log_dir: Path) -> list[dict]:
         with Server(peer, log_dir) as server:
             log.info("%s ready on %s", peer.name, server.url)
             for scenario in all_scenarios:
-                if peer.only and scenario.name not in peer.only:
+                if not peer.serves(scenario):
                     continue
                 body, content_type, accept, path = scenario.request(peer.npy)
                 wrk(server.url + path, body, content_type, accept, 1, 1)  # warm-up, not recorded
@@ -118,15 +150,22 @@ def soak(args, all_scenarios, log_dir: Path) -> dict:
             body, content_type, accept, path = scenario.request(True)
             wrk(server.url + path, body, content_type, accept, 64, 3)
         server.wait_idle()
-        points = [{"requests": 0, "rss_mb": server.rss_mb()}]
+        points = [{"requests": 0, **_memory(server)}]
         body, content_type, accept, path = all_scenarios[0].request(True)
         total = 0
         while total < args.soak_requests:
             result = wrk(server.url + path, body, content_type, accept, 64, args.soak_stretch)
             total += result["requests"]
-            points.append({"requests": total, "rss_mb": server.rss_mb(), "errors": result["errors"]})
+            points.append({"requests": total, **_memory(server), "errors": result["errors"]})
             log.info("soak: %d requests, RSS %.0f MB", total, points[-1]["rss_mb"])
     return {"points": points}
+
+
+def _memory(server: Server) -> dict:
+    """RSS of everything the server runs, and of each process above 100 MB (the workers, which hold
+    models; not the supervisor and its helpers), in pid order."""
+    by_pid = server.rss_by_process()
+    return {"rss_mb": sum(by_pid.values()), "worker_rss_mb": [mb for _, mb in sorted(by_pid.items()) if mb > 100]}
 
 
 def run_overload(args, latent_dim: int, log_dir: Path) -> dict:

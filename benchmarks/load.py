@@ -28,7 +28,11 @@ class Peer:
     env: dict[str, str] = field(default_factory=dict)
     ready_path: str = "/health/ready"
     npy: bool = True  # reads NPY bodies
-    only: tuple[str, ...] = ()  # scenario names it serves (empty: all)
+    only: tuple[str, ...] = ()  # scenario names it serves (empty: all of its protocols')
+    protocols: tuple[str, ...] = ("rest",)  # rest: vae-serve's routes; oip: the Open Inference Protocol
+
+    def serves(self, scenario) -> bool:
+        return scenario.protocol in self.protocols and (not self.only or scenario.name in self.only)
 
 
 class Server(LiveServer):
@@ -49,16 +53,19 @@ class Server(LiveServer):
 
     def rss_mb(self) -> float:
         """Resident memory of the server process and its children, from /proc."""
-        pids = [self.process.pid] + [int(p) for p in _children(self.process.pid)]
-        total = 0
-        for pid in pids:
+        return sum(self.rss_by_process().values())
+
+    def rss_by_process(self) -> dict[int, float]:
+        """Resident memory (MB) of the server process and of each of its children, by pid."""
+        found = {}
+        for pid in [self.process.pid] + [int(p) for p in _children(self.process.pid)]:
             try:
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
+                        found[pid] = int(line.split()[1]) / 1024
             except FileNotFoundError:
                 pass
-        return total / 1024
+        return found
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) used so far by the server and its children."""

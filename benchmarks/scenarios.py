@@ -29,6 +29,7 @@ class Scenario:
     array_field: str | None = None
     binary: bool = False  # NPY in and out (for peers that read NPY)
     samples: int = 0  # K importance samples (/elbo)
+    protocol: str = "rest"  # rest: vae-serve's own routes; oip: the Open Inference Protocol
 
     def request(self, npy_ok: bool) -> tuple[bytes, str, str, str]:
         """(body, content type, accept, path) as this scenario reaches a peer."""
@@ -49,6 +50,7 @@ def scenarios(latent_dim: int) -> list[Scenario]:
     return [
         Scenario("sample n=1", "/sample", 1, "decoder", {"n": 1}),
         Scenario("sample n=64", "/sample", 64, "decoder", {"n": 64}),
+        oip_decoder_scenario(latents[:1]),
         Scenario("decode 256", "/decode", 256, "decoder", {"latents": latents}, "latents", binary=True),
         Scenario("encode 64", "/encode", 64, "encoder", {"inputs": _images(64)}, "inputs", binary=True),
         Scenario(
@@ -62,6 +64,16 @@ def scenarios(latent_dim: int) -> list[Scenario]:
             samples=16,
         ),
     ]
+
+
+def oip_decoder_scenario(latents: list) -> Scenario:
+    """OIP infer on the decoder, JSON tensors in and the image out, as a tritonclient.http user sends it."""
+    body = {
+        "inputs": [{"name": "z", "shape": [len(latents), len(latents[0])], "datatype": "FP32", "data": latents}],
+        "outputs": [{"name": "image"}],
+    }
+    return Scenario(f"oip decoder n={len(latents)}", "/v2/models/fashion-mnist-decoder/infer", len(latents),
+                    "decoder", body, protocol="oip")  # fmt: skip
 
 
 def burst_scenario() -> Scenario:

@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, peers: LocalPeers | WorkerLink 
     """The app; ``peers`` reaches every worker process (``service.workers``), or this one alone."""
     settings = settings or get_settings()
     peers = peers or LocalPeers()
-    metrics = Metrics()
+    metrics = Metrics(counts_model_events=peers.first)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -16,7 +16,11 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """``counts_model_events``: whether this process counts model loads, refusals and unloads. Every
+    worker process loads every version; one of them (the first) counts it, so a version counts once."""
+
+    def __init__(self, counts_model_events: bool = True) -> None:
+        self.counts_model_events = counts_model_events
         self.registry = CollectorRegistry()
         self._request_children: dict[tuple[str, int], tuple] = {}  # bounded: route templates × statuses
         self.requests = Counter(
@@ -76,6 +80,11 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+    def model_event(self, model: str, result: str) -> None:
+        """A model version loaded, refused or unloaded."""
+        if self.counts_model_events:
+            self.model_loads.labels(model, result).inc()
 
     def count_request(self, endpoint: str, status: int, seconds: float) -> None:
         """One HTTP request by route template and status; the labelled children are looked up once."""

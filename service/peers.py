@@ -83,6 +83,8 @@ async def cluster_not_ready(state) -> str | None:
 class LocalPeers:
     """One process: the call is answered here."""
 
+    first = True  # the process that counts what happens once per server (model loads)
+
     def __init__(self) -> None:
         self.state = None
 
@@ -105,6 +107,7 @@ class WorkerLink:
 
     def __init__(self, path: str, slot: int) -> None:
         self.path, self.slot = path, slot
+        self.first = slot == 0
         self.state = None
         self._ids = itertools.count()
         self._pending: dict[int, asyncio.Future] = {}

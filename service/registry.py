@@ -154,13 +154,13 @@ class Registry:
         except Exception as exc:  # any failure refuses this version only
             reason = str(exc).splitlines()[0]
             log.error("model %s version %s refused: %s", item.name, item.version or "(manifest)", reason)
-            self.metrics.model_loads.labels(item.name, "refused").inc()
+            self.metrics.model_event(item.name, "refused")
             if entry.state == READY:  # the old version keeps serving
                 entry.refused, entry.stamp = {"version": item.version, "reason": reason}, item.stamp
             else:
                 entry.state, entry.version, entry.reason, entry.stamp = FAILED, item.version, reason, item.stamp
             return None
-        self.metrics.model_loads.labels(item.name, "loaded").inc()
+        self.metrics.model_event(item.name, "loaded")
         entry.state, entry.version, entry.reason, entry.refused, entry.stamp = (
             READY,
             runtime.version,
@@ -259,7 +259,7 @@ class Registry:
         old = self.models.pop(name, None)
         entry = self.entries[name]
         entry.state, entry.reason, entry.refused, entry.stamp = UNLOADED, "unloaded", None, None
-        self.metrics.model_loads.labels(name, "unloaded").inc()
+        self.metrics.model_event(name, "unloaded")
         log.info("model %s unloaded", name)
         if old is not None:
             self._retire(old)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -36,6 +37,7 @@ log = logging.getLogger("service.workers")
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable: read when it is imported
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one folder per GPU the driver sees
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "QUOTA PERIOD", or "max PERIOD" for no limit
 CHECK_EVERY_S = 0.1
 ABSENT = "absent"  # the reply of a worker that is not running (being replaced)
 
@@ -58,16 +60,26 @@ def gpu_count() -> int:
     return min(found, len([d for d in visible.split(",") if d.strip()])) if visible is not None else found
 
 
+def usable_cores() -> int:
+    """Cores this process may use: its CPU affinity, bounded by a cgroup CPU limit (a container's)."""
+    cores = len(os.sched_getaffinity(0))
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = CGROUP_CPU_MAX.read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    return cores
+
+
 def default_workers() -> int:
-    """One process per GPU on a CUDA host (each owns its device); else one per core this process may use."""
-    return gpu_count() or len(os.sched_getaffinity(0))
+    """One process per GPU on a CUDA host (each owns its device); else one per usable core."""
+    return gpu_count() or usable_cores()
 
 
 def worker_settings(settings: Settings, slot: int, count: int, gpus: int) -> Settings:
     """A worker's settings: ORT's threads divided among the workers (unless set), and its own GPU."""
     update = {"workers": 1}
     if settings.ort_intra_op_threads == 0:
-        update["ort_intra_op_threads"] = max(1, len(os.sched_getaffinity(0)) // count)
+        update["ort_intra_op_threads"] = max(1, usable_cores() // count)
     if gpus:
         update["cuda_device"] = slot % gpus
     return settings.model_copy(update=update)

@@ -1,7 +1,7 @@
 """Peer (b), the "naive" baseline: FastAPI calling onnxruntime once per request, orjson out.
 
-What most teams write first: plain ``def`` endpoints (FastAPI runs them in its thread pool), one
-ORT run per request, no batching, on the same ONNX files; orjson straight from numpy (the same
+What most teams write first, kept lean: ``async def`` endpoints that run ORT inline (no thread
+pool hop), one run per request, no batching, on the same ONNX files; orjson straight from numpy (the same
 bytes as vae-serve's answers, so the baseline is not handicapped by ``.tolist()``). Request and response shapes follow
 vae-serve's, so one wrk script drives both. Usage: ``python -m benchmarks.peers.naive PORT``.
 """
@@ -47,7 +47,7 @@ def create_app(model_dir: Path = MODEL_DIR) -> FastAPI:
     app = FastAPI()
 
     @app.post("/sample")
-    def sample(request: SampleRequest):
+    async def sample(request: SampleRequest):
         rng = np.random.default_rng(request.seed)
         z = rng.standard_normal((request.n, latent_dim), dtype=np.float32)
         (image,) = sessions["decoder"].run(["image"], {"z": z})
@@ -55,26 +55,26 @@ def create_app(model_dir: Path = MODEL_DIR) -> FastAPI:
         return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
     @app.post("/decode")
-    def decode(body: NpyBody):
+    async def decode(body: NpyBody):
         z = np.load(io.BytesIO(body)).astype(np.float32)
         (image,) = sessions["decoder"].run(["image"], {"z": z})
         return npy(image.reshape(-1, 28, 28))
 
     @app.post("/encode")
-    def encode(body: NpyBody):
+    async def encode(body: NpyBody):
         x = np.load(io.BytesIO(body)).astype(np.float32).reshape(-1, 784)
         mean, _ = sessions["encoder"].run(["mean", "log_var"], {"x": x})
         return npy(mean)
 
     @app.post("/elbo")
-    def elbo(body: NpyBody, samples: int = 1, seed: int | None = None):
+    async def elbo(body: NpyBody, samples: int = 1, seed: int | None = None):
         x = np.load(io.BytesIO(body)).astype(np.float32).reshape(-1, 784)
         eps = np.random.default_rng(seed).standard_normal((samples, len(x), latent_dim), dtype=np.float32)
         (log_likelihood,) = sessions["score"].run(["log_likelihood"], {"x": x, "eps": eps})
         return npy(log_likelihood)
 
     @app.get("/health/ready")
-    def ready():
+    async def ready():
         return {"status": "ready"}
 
     return app

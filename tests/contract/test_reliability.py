@@ -62,6 +62,7 @@ def busy_server(tmp_path_factory):
         max_concurrent_runs=1,
         max_queue_rows=40000,
         max_sample_rows=40000,
+        workers=1,  # admission is per worker process: the blocker and the late requests share one queue
     )
     yield url
     server.stop()
@@ -312,7 +313,7 @@ def test_broken_models_are_refused_at_load_and_the_others_served(tmp_path):
     manifest = json.loads((models / "wrong-latent-dim" / "manifest.json").read_text())
     manifest["latent_dim"] = 8
     (models / "wrong-latent-dim" / "manifest.json").write_text(json.dumps(manifest))
-    server, url = start_server(models, tmp_path / "server.log", default_model="fashion-mnist-2d")
+    server, url = start_server(models, tmp_path / "server.log", default_model="fashion-mnist-2d", workers=1)
     try:
         listing = {m["name"]: m for m in httpx.get(f"{url}/models").json()["models"]}
         assert listing["fashion-mnist-2d"]["status"] == "available"
@@ -328,7 +329,7 @@ def test_broken_models_are_refused_at_load_and_the_others_served(tmp_path):
     finally:
         server.stop()
     refusals = [line for line in (tmp_path / "server.log").read_text().splitlines() if "refused" in line]
-    assert len(refusals) == 3  # one line per broken model
+    assert len(refusals) == 3  # one line per broken model (one process: each worker logs its own)
 
 
 SOAK_SECONDS = float(os.environ.get("VAE_SOAK_SECONDS", 60))
