@@ -8,6 +8,7 @@ with the names, FP32 datatypes and shapes (-1 for dynamic axes) of its manifest.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,7 @@ HEADER_LENGTH = "inference-header-content-length"
 EXTENSIONS = ["binary_tensor_data", "statistics"]
 DATATYPE = "FP32"  # every exported graph takes and returns float32
 PLATFORM = "onnxruntime_onnx"
+MAX_VALUES = 2**31 - 1  # values one tensor may hold (past it, no body limit could carry it anyway)
 
 
 def bad_request(message: str) -> InvalidInput:
@@ -69,6 +71,8 @@ def _shape_of(name: str, item: dict, declared: list[int]) -> list[int]:
         raise bad_request(f"input {name!r}: shape must be a list of positive integers, got {shape!r}")
     if len(shape) != len(declared) or any(d != -1 and d != s for d, s in zip(declared, shape)):
         raise bad_request(f"input {name!r}: shape {shape} does not match the model's {declared}")
+    if math.prod(shape) > MAX_VALUES:  # exact: no int64 product that wraps around to a small count
+        raise bad_request(f"input {name!r}: shape {shape} holds {math.prod(shape)} values, over {MAX_VALUES}")
     return shape
 
 
@@ -76,7 +80,7 @@ def _tensor(name: str, item: dict, shape: list[int], binary: memoryview, offset:
     """One input's array, from its ``data`` or from the binary tail at ``offset``; returns the new offset."""
     if item.get("datatype") != DATATYPE:
         raise bad_request(f"input {name!r}: datatype must be {DATATYPE}, got {item.get('datatype')!r}")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     size = (item.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         if "data" in item:
@@ -103,12 +107,19 @@ def _tensor(name: str, item: dict, shape: list[int], binary: memoryview, offset:
 
 
 def parse_infer_request(body: bytes, header_length: str | None, spec: GraphSpec) -> InferRequest:
-    """Everything a malformed request can get wrong becomes a 400 that names it."""
+    """An HTTP infer request: everything a malformed one can get wrong becomes a 400 that names it."""
     head, binary = _split_body(body, header_length)
     try:
         request = orjson.loads(head)
     except orjson.JSONDecodeError as exc:
         raise bad_request(f"the request is not valid JSON: {exc}") from None
+    return infer_request(request, binary, spec)
+
+
+def infer_request(request, binary: memoryview, spec: GraphSpec) -> InferRequest:
+    """An infer request in the protocol's JSON form (inputs with ``data`` or ``binary_data_size``,
+    their bytes in ``binary`` in input order), checked against the graph. gRPC's messages arrive
+    here in the same form, so both transports accept and refuse exactly the same requests."""
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise bad_request("the request must be a JSON object with an 'inputs' list")
     items = {}

@@ -54,18 +54,20 @@ def all_containers() -> list[tuple[str, dict]]:
 def test_probes_hit_real_routes_on_the_port_the_service_listens_on(where, container, get_routes):
     env = {e["name"]: e["value"] for e in container.get("env", [])}
     listens = int(env.get("VAE_PORT", IMAGE_PORT))
+    grpc_port = int(env.get("VAE_GRPC_PORT", Settings.model_fields["grpc_port"].default))
     ports = {p.get("name", str(p["containerPort"])): p["containerPort"] for p in container["ports"]}
     assert listens in ports.values()
-    probes = [container[k] for k in ("startupProbe", "livenessProbe", "readinessProbe") if k in container]
-    assert {"livenessProbe", "readinessProbe"} <= set(container)
-    for probe in probes:
+    probes = {k: container[k] for k in ("startupProbe", "livenessProbe", "readinessProbe") if k in container}
+    assert {"livenessProbe", "readinessProbe"} <= set(probes)
+    for kind, probe in probes.items():
+        if "grpc" in probe:  # grpc.health.v1 on the gRPC port: SERVING only when ready, so for readiness only
+            assert kind == "readinessProbe" and probe["grpc"]["port"] == grpc_port, f"{where}: {kind} {probe}"
+            assert grpc_port in ports.values(), f"{where}: the gRPC port is not a container port"
+            continue
         path, port = probe["httpGet"]["path"], probe["httpGet"]["port"]
         assert path in get_routes, f"{where}: no GET route {path}"
         assert ports.get(port, port) == listens, f"{where}: probe port {port}"
-    assert (
-        "ready" in container["readinessProbe"]["httpGet"]["path"]
-        and "live" in container["livenessProbe"]["httpGet"]["path"]
-    )
+        assert ("ready" in path) if kind == "readinessProbe" else ("live" in path), f"{where}: {kind} {path}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
