@@ -92,5 +92,6 @@ class LiveServer:
 
 def vae_serve(model_dir: Path, log_path: Path, **settings) -> LiveServer:
     """``python -m service`` over ``model_dir`` with VAE_* settings given as keyword arguments."""
-    env = {"VAE_MODEL_DIR": str(model_dir), **{f"VAE_{k.upper()}": str(v) for k, v in settings.items()}}
+    env = {"VAE_MODEL_DIR": str(model_dir), "VAE_GRPC_PORT": str(free_port())}  # each server its own gRPC port
+    env.update({f"VAE_{k.upper()}": str(v) for k, v in settings.items()})
     return LiveServer([sys.executable, "-m", "service"], log_path, env)

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from .logs import configure_logging
 from .settings import Settings
+from .tracing import exporters_from_environment
 from .workers import Supervisor, default_workers
 
 
@@ -30,6 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
         sys.exit(f"vae-serve: invalid settings: {problems}")
+    try:
+        exporters_from_environment()
+    except ValueError as exc:
+        sys.exit(f"vae-serve: tracing: {exc}")
     count = settings.workers or default_workers()
     if count == 1:
         from .server import serve  # here, not at the top: a supervisor never imports the app

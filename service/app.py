@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from . import __version__
+from . import __version__, tracing
 from .errors import ClientGone, ServiceError, client_gone, service_error, validation_error
 from .hot import HotRoutes
 from .lifecycle import Lifecycle
@@ -23,6 +23,7 @@ from .peers import LocalPeers, WorkerLink
 from .registry import Registry
 from .routes import inference, meta, oip, playground, repository
 from .settings import Settings, get_settings
+from .tracing import tracer_from_environment
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,16 @@ KL(q(z|x) ‖ p(z|x)). A low log p(x) marks an input the model finds unlikely (a
 """
 
 
-def create_app(settings: Settings | None = None, peers: LocalPeers | WorkerLink | None = None) -> FastAPI:
-    """The app; ``peers`` reaches every worker process (``service.workers``), or this one alone."""
+def create_app(
+    settings: Settings | None = None, peers: LocalPeers | WorkerLink | None = None, grpc: bool = False
+) -> FastAPI:
+    """The app; ``peers`` reaches every worker process (``service.workers``), or this one alone.
+    ``grpc``: also serve the Open Inference Protocol over gRPC on ``VAE_GRPC_PORT`` (a server
+    process does; an app mounted elsewhere, as in Ray Serve, does not)."""
     settings = settings or get_settings()
     peers = peers or LocalPeers()
-    metrics = Metrics(counts_model_events=peers.first)
+    tracer = tracer_from_environment()  # None unless OTEL_TRACES_EXPORTER asks for traces
+    metrics = Metrics(counts_model_events=peers.first, tracer=tracer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -63,14 +69,23 @@ def create_app(settings: Settings | None = None, peers: LocalPeers | WorkerLink 
         if warm_up is None:
             registry.ready = True
         stop_watching = registry.watch()  # poll mode and SIGHUP: new versions load while serving
+        grpc_server = None
+        if grpc and settings.grpc_port:
+            from . import grpc_server as grpc_module  # grpcio only where gRPC is served
+
+            grpc_server = await grpc_module.start(app.state, settings.grpc_port, settings.host)
         try:
             yield
         finally:
+            if grpc_server is not None:  # after the HTTP drain: calls in flight finish within the grace
+                await grpc_server.stop(settings.shutdown_grace_s)
             stop_watching()
             if warm_up is not None and not warm_up.done():
                 await asyncio.wait([warm_up], timeout=30)
             await peers.stop()
             await registry.close()
+            if tracer is not None:
+                tracing.shutdown(tracer)
 
     # /docs and /redoc with their scripts and styles served from the app, not a CDN
     app = FastAPIOffline(
@@ -79,6 +94,7 @@ def create_app(settings: Settings | None = None, peers: LocalPeers | WorkerLink 
     app.state.metrics = metrics
     app.state.settings = settings
     app.state.peers = peers
+    app.state.tracer = tracer
     app.state.lifecycle = lifecycle = Lifecycle()
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ServiceError, service_error)
@@ -104,6 +120,6 @@ def create_app(settings: Settings | None = None, peers: LocalPeers | WorkerLink 
             max_age=600,
         )
     app.middleware_stack = RequestMiddleware(
-        front, metrics=metrics, lifecycle=lifecycle, access_log=settings.access_log
+        front, metrics=metrics, lifecycle=lifecycle, access_log=settings.access_log, tracer=tracer
     )
     return app

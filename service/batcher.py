@@ -55,6 +55,7 @@ class Job:
     future: asyncio.Future
     enqueued_at: float = field(default_factory=time.perf_counter)
     queued: bool = True  # False once a run has taken it: past that point it is never dropped
+    trace: object = None  # the request's span context, set by a tracing observer (None: not traced)
 
 
 def signature_of(inputs: Tensors, batch_axes: dict[str, int]) -> tuple:
@@ -134,7 +135,13 @@ def pad_rows(inputs: Tensors, rows: int, target: int, batch_axes: dict[str, int]
 
 
 class BatchObserver:
-    """Hooks for metrics; the default does nothing."""
+    """Hooks for metrics and traces; the default does nothing."""
+
+    def admitted(self, jobs: list[Job]) -> None:
+        """A request's jobs entered the queue (on the request's own task: its context is current)."""
+
+    def ran(self, jobs: list[Job], started: float, timing: RunTiming, ok: bool) -> None:
+        """After a run, with its jobs and its times (``time.perf_counter`` values)."""
 
     def batch(self, rows: int, jobs: int) -> None: ...
 
@@ -157,6 +164,14 @@ class FanOut(BatchObserver):
 
     def __init__(self, *observers: BatchObserver):
         self.observers = observers
+
+    def admitted(self, jobs: list[Job]) -> None:
+        for o in self.observers:
+            o.admitted(jobs)
+
+    def ran(self, jobs: list[Job], started: float, timing: RunTiming, ok: bool) -> None:
+        for o in self.observers:
+            o.ran(jobs, started, timing, ok)
 
     def batch(self, rows: int, jobs: int) -> None:
         for o in self.observers:
@@ -317,6 +332,7 @@ class Batcher:
                 retry_after(late_s),
             )
         self.queue.add(jobs)
+        self.observer.admitted(jobs)
         self.observer.queue_depth(self.queue.cost)
         self._wake.set()
         if self._worker is None or self._worker.done():
@@ -405,14 +421,14 @@ class Batcher:
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(exc)
-            self._report(jobs, rows, started, ok=False)
+            self._report(jobs, rows, started, timing, ok=False)
             return
         finally:
             self.throughput.finished(timing)
         for job, piece in zip(jobs, pieces):
             if not job.future.done():
                 job.future.set_result(piece)
-        self._report(jobs, rows, started, ok=True)
+        self._report(jobs, rows, started, timing, ok=True)
 
     def _padded_run(self, jobs: list[Job], rows: int, timing: RunTiming) -> Tensors:
         """Concatenate, pad to the bucket, run, cut the padding off (in the executor thread, which times it)."""
@@ -427,9 +443,10 @@ class Batcher:
             return outputs
         return {n: take_rows(v, 0, rows, self.batch_axes.get(n, 0)) for n, v in outputs.items()}
 
-    def _report(self, jobs: list[Job], rows: int, started: float, ok: bool) -> None:
+    def _report(self, jobs: list[Job], rows: int, started: float, timing: RunTiming, ok: bool) -> None:
         now = time.perf_counter()
         self.observer.run_done(rows, now - started, [now - j.enqueued_at for j in jobs], ok)
+        self.observer.ran(jobs, started, timing, ok)
 
     async def close(self) -> None:
         for task in [self._worker, *self._running]:

@@ -1,5 +1,6 @@
 """What the batchers report: Prometheus metrics (one registry per app, so tests can run several apps
-in one process) and Triton-style statistics per graph."""
+in one process), Triton-style statistics per graph, and, when tracing is on, spans of each
+request's queue wait and of each batch run (``BatchTracing``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
-from .batcher import BatchObserver
+from .batcher import BatchObserver, FanOut, Job
+from .throughput import RunTiming
+from .tracing import epoch_ns
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -19,8 +22,9 @@ class Metrics:
     """``counts_model_events``: whether this process counts model loads, refusals and unloads. Every
     worker process loads every version; one of them (the first) counts it, so a version counts once."""
 
-    def __init__(self, counts_model_events: bool = True) -> None:
+    def __init__(self, counts_model_events: bool = True, tracer=None) -> None:
         self.counts_model_events = counts_model_events
+        self.tracer = tracer  # with a tracer, each batcher's runs are traced too (service.tracing)
         self.registry = CollectorRegistry()
         self._request_children: dict[tuple[str, int], tuple] = {}  # bounded: route templates × statuses
         self.requests = Counter(
@@ -97,7 +101,9 @@ class Metrics:
         children[1].observe(seconds)
 
     def observer(self, model: str, graph: str) -> BatchObserver:
-        return _Observer(self, model, graph)
+        if self.tracer is None:
+            return _Observer(self, model, graph)
+        return FanOut(_Observer(self, model, graph), BatchTracing(self.tracer, model, graph))
 
 
 class _Observer(BatchObserver):
@@ -208,3 +214,45 @@ def _sum_durations(durations) -> dict:
         total["count"] += d["count"]
         total["ns"] += d["ns"]
     return total
+
+
+class BatchTracing(BatchObserver):
+    """One batcher's spans: each request's queue wait, and each batch run with its ONNX run."""
+
+    def __init__(self, tracer, model: str, graph: str):
+        from opentelemetry import trace
+
+        self.tracer, self.trace = tracer, trace
+        self.attributes = {"vae.model": model, "vae.graph": graph}
+
+    def admitted(self, jobs: list[Job]) -> None:
+        span = self.trace.get_current_span()
+        if not span.get_span_context().is_valid:
+            return
+        for job in jobs:
+            job.trace = span.get_span_context()
+        rows = sum(j.rows for j in jobs)
+        span.set_attribute("vae.rows", rows + (span.attributes or {}).get("vae.rows", 0))
+
+    def ran(self, jobs: list[Job], started: float, timing: RunTiming, ok: bool) -> None:
+        traced = [j for j in jobs if j.trace is not None]
+        if not traced:
+            return
+        from opentelemetry.trace import Link, Status, StatusCode, set_span_in_context
+
+        for job in traced:  # the wait, as a child of its request's span
+            parent = set_span_in_context(self.trace.NonRecordingSpan(job.trace))
+            wait = self.tracer.start_span("queue", context=parent, start_time=epoch_ns(job.enqueued_at),
+                                          attributes={**self.attributes, "vae.rows": job.rows})  # fmt: skip
+            wait.end(end_time=epoch_ns(started))
+        attributes = {**self.attributes, "vae.rows": sum(j.rows for j in jobs), "vae.requests": len(jobs)}
+        run = self.tracer.start_span("batch", context=set_span_in_context(self.trace.INVALID_SPAN),
+                                     links=[Link(j.trace) for j in traced], start_time=epoch_ns(started),
+                                     attributes=attributes)  # fmt: skip
+        if timing.began is not None:
+            ort = self.tracer.start_span("onnxruntime.run", context=set_span_in_context(run),
+                                         start_time=epoch_ns(timing.began), attributes=attributes)  # fmt: skip
+            ort.end(end_time=epoch_ns(timing.ended if timing.ended is not None else time.perf_counter()))
+        if not ok:
+            run.set_status(Status(StatusCode.ERROR, "the run failed"))
+        run.end()

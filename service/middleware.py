@@ -15,6 +15,7 @@ import orjson
 from .lifecycle import Lifecycle
 from .logs import request_id
 from .metrics import Metrics
+from .tracing import describe_answer, server_span
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")  # a client's X-Request-ID is echoed only if it looks like an id
 ALWAYS_OPEN = ("/health/", "/v2/health/", "/metrics")  # answered while draining: probes and scrapes must see the drain
@@ -22,19 +23,32 @@ access = logging.getLogger("service.access")
 _ids = random.Random(int.from_bytes(os.urandom(16), "big"))  # request ids: unique, not secret; no syscall per request
 
 
+def request_id_for(incoming: str) -> str:
+    """The client's request id if it looks like one, else a new one (HTTP and gRPC alike)."""
+    return incoming if REQUEST_ID.match(incoming) else f"{_ids.getrandbits(128):032x}"
+
+
 class RequestMiddleware:
     """Per request: its id (the client's X-Request-ID or a new one, echoed, in every log line), the
     in-flight gauge, the drain (503 for new requests and ``Connection: close`` on every answer once
     draining), the metrics by route template, and the optional access log."""
 
-    def __init__(self, app, metrics: Metrics, lifecycle: Lifecycle, access_log: bool = False):
+    def __init__(self, app, metrics: Metrics, lifecycle: Lifecycle, access_log: bool = False, tracer=None):
         self.app, self.metrics, self.lifecycle, self.access_log = app, metrics, lifecycle, access_log
+        self.tracer = tracer  # None: tracing off, and no span is made
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin1")
-        rid = incoming if REQUEST_ID.match(incoming) else f"{_ids.getrandbits(128):032x}"
+        rid = request_id_for(dict(scope["headers"]).get(b"x-request-id", b"").decode("latin1"))
+        if self.tracer is None:
+            return await self._handle(scope, receive, send, rid, None)
+        carrier = {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope["headers"]}
+        attributes = {"http.request.method": scope["method"], "url.path": scope["path"], "vae.request_id": rid}
+        with server_span(self.tracer, scope["method"], carrier, attributes) as span:
+            await self._handle(scope, receive, send, rid, span)
+
+    async def _handle(self, scope, receive, send, rid: str, span) -> None:
         token = request_id.set(rid)
         started, status, answering = time.perf_counter(), 500, False
 
@@ -46,6 +60,8 @@ class RequestMiddleware:
                 if self.lifecycle.draining:  # no keep-alive past this answer: the client reconnects elsewhere
                     headers = [h for h in headers if h[0].lower() != b"connection"] + [(b"connection", b"close")]
                 message["headers"] = headers
+                if span is not None:
+                    describe_answer(span, status, headers)
             await send(message)
 
         self.metrics.in_flight.inc()
@@ -65,6 +81,9 @@ class RequestMiddleware:
             endpoint = getattr(route, "path", None) or "unmatched"  # templates only: bounded label values
             elapsed = time.perf_counter() - started
             self.metrics.count_request(endpoint, status, elapsed)
+            if span is not None:
+                span.update_name(f"{scope['method']} {endpoint}")
+                span.set_attribute("http.route", endpoint)
             if self.access_log:
                 access.info(
                     "%s %s %d",

@@ -97,7 +97,7 @@ class DrainingServer(uvicorn.Server):
 def serve(settings: Settings, sockets=None, peers=None) -> None:
     """One process: the app on uvicorn with the drain, bound to the settings' port or given ``sockets``."""
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings, peers)
+    app = create_app(settings, peers, grpc=True)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     cuda_device: int = Field(0, ge=0, description="the GPU a process runs on (with workers: one each, in turn)")
     host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8000, ge=0, le=65535, description="bind port")
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="the Open Inference Protocol over gRPC on this port (Triton's); 0: off"
+    )
     log_level: str = Field("info", description="logging level")
 
     @model_validator(mode="after")
