@@ -56,6 +56,8 @@ class TrainConfig:
     lr_min: float = 1e-4  # cosine schedule from lr down to lr_min
     beta: float = 1.0  # β = 1 is the true ELBO
     kl_warmup_epochs: int = 0  # linear warm-up of β from 0 over this many epochs
+    iwae_samples: int = 1  # K draws per image: 1 trains the ELBO; K > 1 the importance-weighted bound L_K once β = 1
+    ema_decay: float = 0.0  # > 0: an exponential moving average of the weights, validated, kept and exported
     patience: int = 10  # early stopping on the validation ELBO
     seed: int = 0
     device: str = "cpu"
@@ -134,6 +136,8 @@ class Config:
             (self.train.lr > 0, "train.lr must be > 0"),
             (self.train.beta >= 0, "train.beta must be >= 0"),
             (self.train.kl_warmup_epochs >= 0, "train.kl_warmup_epochs must be >= 0"),
+            (self.train.iwae_samples >= 1, "train.iwae_samples must be >= 1"),
+            (0 <= self.train.ema_decay < 1, "train.ema_decay must be in [0, 1) (0: no moving average)"),
             (
                 self.train.device == "cpu" or self.train.device.startswith("cuda"),
                 "train.device must be 'cpu' or 'cuda[:N]'",

@@ -210,7 +210,7 @@ def export_model(run_dir: Path, model_dir: Path, command: str | None = None, par
     record = {
         "best_epoch": ckpt.get("best_epoch"),
         "epochs_run": ckpt.get("epoch"),
-        "best_val_elbo": ckpt.get("best_val_elbo"),
+        "best_val_bound": ckpt.get("best_val_bound"),  # L_K with the training's K (the ELBO when K = 1)
     }
     command = command or ckpt.get("command") or f"python -m training fit {cfg.name}"
     validation = load_data(cfg, run_dir).validation.numpy()  # the anomaly score's calibration images

@@ -134,6 +134,15 @@ def plain_iwae(mean, log_var, eps, log_px_given_z) -> torch.Tensor:
     return torch.logsumexp(log_w, 0) - _log_count(log_w)
 
 
-def loss(terms: Evidence, beta: float = 1.0) -> torch.Tensor:
-    """−ELBO with the KL weighed by β (β = 1: the true ELBO), averaged over the batch: a scalar."""
+def loss(terms: Evidence, beta: float = 1.0, importance_weighted: bool = False) -> torch.Tensor:
+    """The training loss, averaged over the batch: a scalar.
+
+    −ELBO with the KL weighed by β (β = 1: the true ELBO; the reconstruction averaged over the K
+    draws). With ``importance_weighted`` and β = 1: −L_K, the importance-weighted bound (Burda et
+    al. 2016), tighter than the ELBO for K > 1; ``evidence``'s estimate of it carries a zero-mean
+    control variate, so its gradient is an unbiased gradient of L_K. During a KL warm-up (β < 1)
+    it is the β-ELBO either way.
+    """
+    if importance_weighted and beta >= 1.0:
+        return -terms.log_likelihood.mean()
     return (-terms.reconstruction + beta * terms.kl).mean()

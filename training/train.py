@@ -89,16 +89,26 @@ def evidence_over(
     return out
 
 
-def _checkpoint(model, optimizer, scheduler, generator, state: dict, cfg: Config, command: str | None) -> dict:
+def _checkpoint(run: Run, cfg: Config) -> dict:
+    """Everything a resumed run needs to continue exactly: weights, their average, optimizer,
+    schedule, the generator of every draw, and the epoch counters."""
     return {
         "config": cfg.to_dict(),
-        "command": command,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "generator": generator.get_state(),
-        **state,
+        "command": run.command,
+        "model": run.model.state_dict(),
+        "ema": None if run.ema is None else run.ema.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "generator": run.generator.get_state(),
+        **run.state,
     }
+
+
+def make_ema(model: VAE, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """The weights' exponential moving average (updated after every step), or None when decay is 0."""
+    if not decay:
+        return None
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay))
 
 
 @dataclass
@@ -113,8 +123,15 @@ class Run:
     world: distributed.World
     device: str
     command: str | None
+    ema: torch.optim.swa_utils.AveragedModel | None = None  # the weights evaluated and exported, when kept
     state: dict = field(
-        default_factory=lambda: {"epoch": 0, "step": 0, "best_val_elbo": -math.inf, "best_epoch": -1, "stale_epochs": 0}
+        default_factory=lambda: {
+            "epoch": 0,
+            "step": 0,
+            "best_val_bound": -math.inf,
+            "best_epoch": -1,
+            "stale_epochs": 0,
+        }  # fmt: skip
     )
 
 
@@ -134,13 +151,13 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True,
     ):
         started = time.perf_counter()
         totals, beta = _train_epoch(run, cfg, splits.train, progress)
-        record = _epoch_record(run, validation, totals, beta, started)
+        record = _epoch_record(run, cfg, validation, totals, beta, started)
         _select(state, record, warming_up=beta < cfg.train.beta)
         if run.world.is_main:  # rank 0 writes checkpoints and metrics; the others hold the same weights
             _save(run, cfg, run_dir, record)
         log.info(
-            "epoch %d: train loss %.2f, val ELBO %.2f (best %.2f @ %d), %.1fs",
-            *(record["epoch"], record["train_loss"], record["val_elbo"], state["best_val_elbo"], state["best_epoch"]),
+            "epoch %d: train loss %.2f, val bound %.2f (best %.2f @ %d), %.1fs",
+            *(record["epoch"], record["train_loss"], record["val_bound"], state["best_val_bound"], state["best_epoch"]),
             record["seconds"],
         )
     if state["stale_epochs"] >= cfg.train.patience:
@@ -157,13 +174,15 @@ def _start(cfg: Config, run_dir: Path, resume: bool, command: str | None) -> Run
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs, eta_min=cfg.train.lr_min)
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    run = Run(model, net, optimizer, scheduler, generator, world, device, command)
+    run = Run(model, net, optimizer, scheduler, generator, world, device, command, make_ema(model, cfg.train.ema_decay))
     last, metrics_path = run_dir / "last.pt", run_dir / "metrics.jsonl"
     if resume and last.is_file():
         ckpt = torch.load(last, map_location=device, weights_only=False)
         if ckpt["config"] != cfg.to_dict():
             raise ConfigError(f"{last} was trained with a different config; start a new --runs-dir or drop --resume")
         model.load_state_dict(ckpt["model"])
+        if run.ema is not None:
+            run.ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         generator.set_state(ckpt["generator"])
@@ -177,7 +196,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, command: str | None) -> Run
 
 def _train_epoch(run: Run, cfg: Config, train: torch.Tensor, progress: bool) -> tuple[torch.Tensor, float]:
     """One pass over the training set; returns (loss sum, ELBO sum, rows) over every rank, and the last β."""
-    n, batch_size, z_dim = len(train), cfg.train.batch_size, cfg.model.latent_dim
+    n, batch_size, z_dim, k = len(train), cfg.train.batch_size, cfg.model.latent_dim, cfg.train.iwae_samples
     steps_per_epoch = math.ceil(n / batch_size)
     max_steps = cfg.train.max_steps or math.inf
     run.model.train()
@@ -190,16 +209,18 @@ def _train_epoch(run: Run, cfg: Config, train: torch.Tensor, progress: bool) -> 
         x = train[order[i * batch_size : (i + 1) * batch_size]]  # (B, D): the global batch, drawn alike on every rank
         if cfg.model.likelihood == "bernoulli":
             x = binarize_dynamic(x, run.generator)
-        eps = torch.randn((1, len(x), z_dim), generator=run.generator)  # (1, B, Z)
+        eps = torch.randn((k, len(x), z_dim), generator=run.generator)  # (K, B, Z)
         part = distributed.shard(len(x), run.world)  # this rank's rows (all of them in one process)
         beta = _beta(cfg, run.state["step"], steps_per_epoch)
         terms = run.net(x[part].to(run.device), eps[:, part].to(run.device))
-        shard_loss = objective.loss(terms, beta)  # mean over this rank's rows
+        shard_loss = objective.loss(terms, beta, importance_weighted=k > 1)  # mean over this rank's rows
         # DDP averages gradients over ranks; scaled so, the average is that of the global batch's mean.
         batch_loss = shard_loss * (len(terms.elbo) * run.world.size / len(x))
         run.optimizer.zero_grad(set_to_none=True)
         batch_loss.backward()
         run.optimizer.step()
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
         run.state["step"] += 1
         rows = len(terms.elbo)
         totals += torch.tensor([shard_loss.item() * rows, terms.elbo.sum().item(), rows], dtype=torch.float64)
@@ -212,36 +233,44 @@ def _train_epoch(run: Run, cfg: Config, train: torch.Tensor, progress: bool) -> 
     return distributed.all_sum(totals), beta  # every rank's rows
 
 
-def _epoch_record(run: Run, validation: torch.Tensor, totals: torch.Tensor, beta: float, started: float) -> dict:
-    """The epoch's line of metrics.jsonl: training averages and the validation ELBO's terms."""
-    val = evidence_over(run.model, validation, samples=1, rows=1000, seed=1, device=run.device)
+def _epoch_record(
+    run: Run, cfg: Config, validation: torch.Tensor, totals: torch.Tensor, beta: float, started: float
+) -> dict:
+    """The epoch's line of metrics.jsonl: training averages, the validation ELBO's terms and the
+    bound trained (L_K with the training's K draws; the ELBO when K = 1), of the weights' moving
+    average when one is kept: it is what gets selected and exported."""
+    evaluated = run.model if run.ema is None else run.ema.module
+    k = cfg.train.iwae_samples
+    val = evidence_over(evaluated, validation, samples=k, rows=max(1, 1000 // k), seed=1, device=run.device)
     run.state["epoch"] += 1
     record = {
         "epoch": run.state["epoch"],
         "train_loss": float(totals[0] / totals[2]),
         "train_elbo": float(totals[1] / totals[2]),
         "val_elbo": float(val["elbo"].mean()),
+        "val_bound": float(val["log_likelihood"].mean()),
         "val_reconstruction": float(val["reconstruction"].mean()),
         "val_kl": float(val["kl"].mean()),
         "beta": beta,
         "lr": run.optimizer.param_groups[0]["lr"],
         "seconds": round(time.perf_counter() - started, 2),
     }
-    if run.model.sigma is not None:
-        record["sigma"] = run.model.sigma
+    if evaluated.sigma is not None:
+        record["sigma"] = evaluated.sigma
     return record
 
 
 def _select(state: dict, record: dict, warming_up: bool) -> None:
-    """Early stopping on the true ELBO: warm-up epochs (β below its target) count only as a fallback."""
-    if state["best_epoch"] < 0 or (not warming_up and record["val_elbo"] > state["best_val_elbo"]):
-        state.update(best_val_elbo=record["val_elbo"], best_epoch=record["epoch"], stale_epochs=0)
+    """Early stopping on the bound trained (the true ELBO, or L_K): warm-up epochs (β below its
+    target) count only as a fallback."""
+    if state["best_epoch"] < 0 or (not warming_up and record["val_bound"] > state["best_val_bound"]):
+        state.update(best_val_bound=record["val_bound"], best_epoch=record["epoch"], stale_epochs=0)
     elif not warming_up:
         state["stale_epochs"] += 1
 
 
 def _save(run: Run, cfg: Config, run_dir: Path, record: dict) -> None:
-    ckpt = _checkpoint(run.model, run.optimizer, run.scheduler, run.generator, run.state, cfg, run.command)
+    ckpt = _checkpoint(run, cfg)
     torch.save(ckpt, run_dir / "last.pt")
     if run.state["best_epoch"] == record["epoch"]:
         torch.save(ckpt, run_dir / "best.pt")
@@ -258,10 +287,15 @@ def fingerprint(model: torch.nn.Module) -> str:
 
 
 def load_checkpoint(path: Path, device: str = "cpu") -> tuple[Config, VAE, dict]:
+    """The checkpoint's model: the weights' moving average where the run kept one, else the weights."""
     ckpt = torch.load(path, map_location=device, weights_only=False)
     cfg = Config.from_dict(ckpt["config"])
     model = VAE(cfg.model).to(device)
-    model.load_state_dict(ckpt["model"])
+    if ckpt.get("ema") is not None:
+        prefix = "module."  # AveragedModel keeps the averaged VAE as .module, beside its step count
+        model.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["ema"].items() if k.startswith(prefix)})
+    else:
+        model.load_state_dict(ckpt["model"])
     model.eval()
     return cfg, model, ckpt
 

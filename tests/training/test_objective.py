@@ -176,3 +176,16 @@ def test_linear_gaussian_iwae_converges_to_log_px():
         errors.append((log_px - est).abs().max().item())
     assert errors[-1] < 0.01 and errors[-1] < errors[0] / 10, errors
     assert all(a > b for a, b in zip(errors, errors[1:])), errors
+
+
+def test_the_importance_weighted_loss_is_minus_the_iwae_estimate_once_beta_is_one():
+    torch.manual_seed(0)
+    mean, log_var = torch.randn(6, 3), torch.randn(6, 3) * 0.3
+    eps = torch.randn(5, 6, 3)
+    x = (torch.rand(6, 10) < 0.5).float()
+    weight = torch.randn(3, 10)
+    terms = objective.evidence(mean, log_var, eps, lambda z: objective.bernoulli_log_likelihood(z @ weight, x))
+    assert torch.allclose(objective.loss(terms, 1.0, importance_weighted=True), -terms.log_likelihood.mean())
+    assert objective.loss(terms, 1.0, importance_weighted=True) < objective.loss(terms, 1.0)  # L_K ≥ ELBO
+    # During a KL warm-up it is the β-ELBO whichever bound is trained.
+    assert torch.equal(objective.loss(terms, 0.5, importance_weighted=True), objective.loss(terms, 0.5))

@@ -75,3 +75,45 @@ def test_evaluate_reports_the_theory_quantities(tmp_path, tiny_config):
     assert metrics["test_log_likelihood"] > metrics["test_elbo"]
     assert metrics["test_gap"] == pytest.approx(metrics["test_log_likelihood"] - metrics["test_elbo"], abs=1e-3)
     assert 0 <= metrics["active_units"] <= 4 and len(metrics["latent_activity"]) == 4
+
+
+def test_the_recipe_resumes_exactly_with_its_moving_average_and_k_draws(tmp_path, tiny_config, monkeypatch):
+    """IWAE training (K = 4) and the weights' moving average: a run stopped after its second epoch
+    and resumed ends bit for bit where the uninterrupted one does, average included."""
+    cfg = tiny_config("train.iwae_samples=4", "train.ema_decay=0.9", "train.kl_warmup_epochs=1")
+    straight = train.fit(cfg, tmp_path / "straight", progress=False)
+    real, calls = train.evidence_over, {"n": 0}
+
+    def crash_on_third_validation(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evidence_over", crash_on_third_validation)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(cfg, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(train, "evidence_over", real)
+    resumed = train.fit(cfg, tmp_path / "resumed", resume=True, progress=False)
+    a, b = (torch.load(p, weights_only=False) for p in (straight, resumed))
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    # The average is what gets validated and exported: it differs from the last weights.
+    _, exported, _ = train.load_checkpoint(straight)
+    averaged = {k.removeprefix("module."): v for k, v in a["ema"].items() if k.startswith("module.")}
+    assert all(torch.equal(exported.state_dict()[k], averaged[k]) for k in averaged)
+    assert not all(torch.equal(a["model"][k], averaged[k]) for k in averaged)
+
+
+def test_importance_weighted_training_optimises_the_tighter_bound(tmp_path, tiny_config):
+    """With K > 1 the loss is −L_K: after warm-up the training loss sits below −ELBO on the same batches."""
+    cfg = tiny_config("train.iwae_samples=8", "train.epochs=2", "train.kl_warmup_epochs=0")
+    train.fit(cfg, tmp_path / "run", progress=False)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(h["train_loss"] < -h["train_elbo"] for h in history)  # −L_K < −ELBO: the bound is tighter
+
+
+@pytest.mark.parametrize("override, message", [("train.iwae_samples=0", "iwae_samples"), ("train.ema_decay=1", "ema")])
+def test_the_recipe_options_are_checked(tiny_config, override, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(override)
