@@ -22,10 +22,12 @@ import onnxruntime as ort
 from service.settings import Settings
 from service.workers import default_workers
 
-from .live import ROOT
+from .grpc_load import grpc_load
+from .live import ROOT, free_port
 from .load import Peer, Server, python_command, wrk
+from .otlp_sink import start_sink
 from .overload import burst, overload
-from .report import MLSERVER, MOSEC_1, MOSEC_2, ONE_WORKER, write_report
+from .report import MLSERVER, MOSEC_1, MOSEC_2, ONE_WORKER, TRACED_1, TRACED_ALL, write_report
 from .scenarios import NPY, burst_scenario, inprocess_rows_per_second, scenarios
 
 log = logging.getLogger("benchmarks")
@@ -35,7 +37,14 @@ SERVICE = "vae-serve"
 MLSERVER_PYTHON = ROOT / ".venv-mlserver" / "bin" / "python"
 
 
-def peers(model: str) -> list[Peer]:
+def traced(model: str, sink_port: int, ratio: str) -> dict[str, str]:
+    """vae-serve's environment with tracing on: OTLP/HTTP to the sink, root spans sampled at ``ratio``."""
+    return {"VAE_DEFAULT_MODEL": model, "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}", "OTEL_TRACES_SAMPLER": "traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": ratio}  # fmt: skip
+
+
+def peers(model: str, sink_port: int = 0) -> list[Peer]:
     service, both = python_command("service"), ("rest", "oip")
     workers = default_workers()
     n1 = ("sample n=1",)
@@ -43,6 +52,8 @@ def peers(model: str) -> list[Peer]:
         Peer(SERVICE, service, {"VAE_DEFAULT_MODEL": model}, protocols=both),
         Peer(ONE_WORKER, service, {"VAE_DEFAULT_MODEL": model, "VAE_WORKERS": "1"}, protocols=both),
         Peer("vae-serve, no batching", service, {"VAE_DEFAULT_MODEL": model, "VAE_BATCHING": "false"}, only=n1),
+        Peer(TRACED_ALL, service, traced(model, sink_port, "1.0"), only=n1),
+        Peer(TRACED_1, service, traced(model, sink_port, "0.01"), only=n1),
         Peer("naive FastAPI", python_command("benchmarks.peers.naive") + ["{port}"]),
         Peer(
             MOSEC_1,
@@ -95,7 +106,8 @@ def machine() -> dict:
 
 def load_runs(args, all_scenarios, log_dir: Path) -> list[dict]:
     runs = []
-    for peer in peers(args.model):
+    sink = start_sink()
+    for peer in peers(args.model, sink.server_port):
         if args.peers and peer.name not in args.peers:
             continue
         with Server(peer, log_dir) as server:
@@ -128,6 +140,8 @@ def load_runs(args, all_scenarios, log_dir: Path) -> list[dict]:
                         result["p99_us"] / 1e3,
                         result["errors"],
                     )
+    sink.shutdown()
+    sink.server_close()
     return runs
 
 
@@ -178,6 +192,24 @@ def run_overload(args, latent_dim: int, log_dir: Path) -> dict:
         return overload(server, scenario, args.overload_factor, args.overload_duration, deadline_ms, given)
 
 
+def run_grpc(args, latent_dim: int, log_dir: Path) -> list[dict]:
+    """vae-serve with default settings: OIP ModelInfer on the decoder over gRPC, 1 and 256 rows a request."""
+    port = free_port()
+    env = {"VAE_DEFAULT_MODEL": args.model, "VAE_GRPC_PORT": str(port)}
+    runs = []
+    with Server(Peer(SERVICE, python_command("service"), env), log_dir) as server:
+        for rows in (1, 256):
+            grpc_load(f"127.0.0.1:{port}", rows, latent_dim, 1, 1)  # warm-up, not recorded
+            for connections in args.concurrency:
+                server.wait_idle()
+                result = grpc_load(f"127.0.0.1:{port}", rows, latent_dim, connections, args.grpc_duration)
+                runs.append({"rows": rows, "connections": connections, "rows_per_s": result["rps"] * rows, **result})
+                p50_ms, p99_ms = result["p50_us"] / 1e3, result["p99_us"] / 1e3
+                log.info("grpc decoder n=%-4d c=%-4d %8.0f req/s  p50 %6.1f ms  p99 %6.1f ms  errors %d",
+                         rows, connections, result["rps"], p50_ms, p99_ms, result["errors"])  # fmt: skip
+    return runs
+
+
 def run_burst(args, log_dir: Path) -> dict:
     """vae-serve with default settings, ``--burst-clients`` requests at once, each with a ``--burst-deadline-ms``."""
     body, content_type, accept, path = burst_scenario().request(False)
@@ -206,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overload-deadline-ms", type=float, help="X-Timeout-Ms on each overload request")
     parser.add_argument("--burst-clients", type=int, default=300, help="requests sent at once; 0 skips the burst")
     parser.add_argument("--burst-deadline-ms", type=float, default=3000, help="X-Timeout-Ms on each burst request")
+    parser.add_argument("--grpc-duration", type=float, default=5, help="seconds per gRPC run; 0 skips them")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -232,6 +265,8 @@ def main(argv: list[str] | None = None) -> None:
         results["overload"] = run_overload(args, latent_dim, log_dir)
     if args.burst_clients:
         results["burst"] = run_burst(args, log_dir)
+    if args.grpc_duration:
+        results["grpc"] = run_grpc(args, latent_dim, log_dir)
     results["wall_s"] = time.perf_counter() - started
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, args.out)

@@ -12,6 +12,7 @@ SERVICE, ONE_WORKER, NO_BATCHING, NAIVE, LITSERVE = (
     "naive FastAPI",
     "LitServe",
 )
+TRACED_ALL, TRACED_1 = "vae-serve, traced, 100 % sampled", "vae-serve, traced, 1 % sampled"
 MOSEC_1, MOSEC_2, MLSERVER = "mosec, 1 worker (default)", "mosec, 2 workers, 1 ms wait", "MLServer (OIP)"
 SAMPLE_1, DECODE_256, OIP_1 = "sample n=1", "decode 256", "oip decoder n=1"
 
@@ -35,11 +36,13 @@ def best_of(runs: list[dict], peers: tuple[str, ...], scenario: str, connections
     return max(found, key=lambda r: r["rps"]) if found else None
 
 
-def _versus(name: str, ours: dict | None, theirs: dict | None, goal: float) -> tuple[str, str, bool | None]:
+def _versus(name: str, ours: dict | None, theirs: dict | None, goal: float | None) -> tuple[str, str, bool | None]:
+    """A ratio of req/s and whether it meets ``goal`` (None: a measurement to report, not a target)."""
     value = ratio(ours, theirs)
     if value is None:
         return name, "n/a", None
-    return name, f"{value:.2f}× ({ours['rps']:,.0f} vs {theirs['rps']:,.0f} req/s, {theirs['peer']})", value >= goal
+    measured = f"{value:.2f}× ({ours['rps']:,.0f} vs {theirs['rps']:,.0f} req/s, {theirs['peer']})"
+    return name, measured, None if goal is None else value >= goal
 
 
 def targets(results: dict) -> list[tuple[str, str, bool | None]]:
@@ -52,6 +55,9 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
                         run_of(runs, MLSERVER, OIP_1, 64), 3))  # fmt: skip
     rows.append(_versus("/sample n=1 at c=64: default workers ≥ 1.6× one worker", ours,
                         run_of(runs, ONE_WORKER, SAMPLE_1, 64), 1.6))  # fmt: skip
+    for traced in (TRACED_1, TRACED_ALL):  # what tracing costs: the traced run ÷ the untraced one (tracing off)
+        name = f"/sample n=1 at c=64, {traced.split(', ', 1)[1]}, ÷ tracing off"
+        rows.append(_versus(name, run_of(runs, traced, SAMPLE_1, 64), ours, None))
     for scenario in dict.fromkeys(r["scenario"] for r in runs if r["peer"] == SERVICE):
         if scenario not in (SAMPLE_1, OIP_1):
             name = f"{scenario} at c=64: default workers no slower than one (≥ 0.95×, the noise)"
@@ -186,6 +192,19 @@ def markdown(results: dict) -> str:
             cells += [fmt(ratio(ours, run_of(runs, peer, scenario, c))) for peer in (MLSERVER, LITSERVE)]
             cells.append(fmt(ours["rows_per_s"] / floor if floor else None))
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    if results.get("grpc"):
+        lines += [
+            "",
+            "## OIP over gRPC (decoder, raw tensor contents; a grpc.aio load generator on the same cores)",
+            "",
+            "| rows / request | c | req/s | rows/s | p50 ms | p99 ms | errors |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['rows']} | {r['connections']} | {r['rps']:,.0f} | {r['rows_per_s']:,.0f} | {r['p50_us'] / 1e3:.1f} "
+            f"| {r['p99_us'] / 1e3:.1f} | {r['errors']} |"
+            for r in results["grpc"]
+        ]
     if results.get("soak"):
         lines += [
             "",
