@@ -42,7 +42,7 @@ class DeadlineExceeded(DeadlinePassed):
     """The request was still queued at its deadline; its rows were dropped before reaching ORT (504)."""
 
 
-DEADLINE_SOURCES = "X-Timeout-Ms or parameters.timeout; default VAE_REQUEST_TIMEOUT_MS"
+DEADLINE_SOURCES = "X-Timeout-Ms, parameters.timeout or the gRPC deadline; default VAE_REQUEST_TIMEOUT_MS"
 DEADLINE_MESSAGE = f"deadline passed while the request was queued ({DEADLINE_SOURCES})"
 
 

@@ -4,6 +4,8 @@ server with two worker processes; answers compared bit for bit with the HTTP pro
 from __future__ import annotations
 
 import shutil
+import signal
+import time
 
 import grpc
 import numpy as np
@@ -178,3 +180,53 @@ def test_health_and_reflection(stub):
     answers = reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
     names = {s.name for a in answers for s in a.list_services_response.service}
     assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
+
+
+def test_sigterm_answers_the_calls_in_flight_and_refuses_new_ones(tmp_path):
+    server, _ = start_server(ROOT / "models", tmp_path / "server.log", workers=2, max_concurrent_runs=1)
+    target = f"127.0.0.1:{server.env['VAE_GRPC_PORT']}"
+    try:
+        with grpc.insecure_channel(target) as channel:
+            call, health = service_pb2_grpc.GRPCInferenceServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+            heavy = service_pb2.ModelInferRequest(model_name="fashion-mnist-score")
+            x, eps = np.zeros((64, 784), np.float32), np.zeros((500, 64, 32), np.float32)  # 32,000 score rows
+            heavy.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+            heavy.inputs.add(name="eps", datatype="FP32", shape=list(eps.shape))
+            heavy.raw_input_contents.extend([x.tobytes(), eps.tobytes()])
+            in_flight = call.ModelInfer.future(heavy, timeout=60)
+            time.sleep(0.5)
+            server.signal(signal.SIGTERM)
+            time.sleep(0.5)
+            check = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            code, details = status_of(lambda: call.ModelInfer(raw_request(), timeout=10))
+            assert code == grpc.StatusCode.UNAVAILABLE and "shutting down" in details
+            answer = in_flight.result()  # accepted before SIGTERM: answered
+            assert [o.name for o in answer.outputs][:1] == ["elbo"] and len(answer.raw_output_contents[0]) == 64 * 4
+        assert server.process.wait(timeout=60) == 0
+    finally:
+        server.stop()
+
+
+def test_the_grpc_deadline_is_the_requests_deadline(stub, client):
+    """Behind a long call, a call whose gRPC deadline it cannot meet is shed at once (UNAVAILABLE,
+    saying when to retry), as an HTTP request with that X-Timeout-Ms is."""
+    call, _ = stub
+    heavy = service_pb2.ModelInferRequest(model_name="fashion-mnist-score")
+    x, eps = np.zeros((64, 784), np.float32), np.zeros((300, 64, 32), np.float32)  # 19,200 score rows
+    heavy.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    heavy.inputs.add(name="eps", datatype="FP32", shape=list(eps.shape))
+    heavy.raw_input_contents.extend([x.tobytes(), eps.tobytes()])
+    ahead = [call.ModelInfer.future(heavy, metadata=tuple(AUTH.items()), timeout=120) for _ in range(2)]
+    time.sleep(0.3)
+    light = service_pb2.ModelInferRequest(model_name="fashion-mnist-score")
+    light.inputs.add(name="x", datatype="FP32", shape=[1, 784])
+    light.inputs.add(name="eps", datatype="FP32", shape=[8, 1, 32])
+    light.raw_input_contents.extend(
+        [np.zeros((1, 784), np.float32).tobytes(), np.zeros((8, 1, 32), np.float32).tobytes()]
+    )
+    code, details = status_of(lambda: call.ModelInfer(light, metadata=tuple(AUTH.items()), timeout=0.05))
+    assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), details
+    if code == grpc.StatusCode.UNAVAILABLE:
+        assert "after its deadline" in details and "retry in" in details
+    assert all(len(f.result().raw_output_contents) == 5 for f in ahead)

@@ -220,6 +220,7 @@ def test_sigterm_drains_hundreds_of_accepted_requests_then_exits_0(tmp_path):
         max_queue_rows=100000,
         max_sample_rows=100000,
         shutdown_grace_s=60,
+        workers=1,  # one queue holds all 300 at once (tests/contract/test_workers.py drains two workers)
     )
     body = {"inputs": images(2, seed=1), "samples": 50, "seed": 2}  # 300 × 100 decoder rows: a few seconds of work
 

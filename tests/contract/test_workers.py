@@ -6,6 +6,7 @@ Prometheus multiprocess directory is the test's own, so it can see which worker 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -141,13 +142,37 @@ def test_sighup_reaches_every_worker(tmp_path):
         server.stop()
 
 
-def test_sigterm_drains_every_worker_and_the_supervisor_exits(two_workers):
-    server, url, _ = two_workers
+def test_sigterm_drains_every_worker_with_requests_in_flight_and_the_supervisor_exits(two_workers):
+    server, url, metrics_dir = two_workers
     pids = worker_pids(server)
-    assert len(pids) == WORKERS
-    server.signal(signal.SIGTERM)
-    assert server.process.wait(timeout=30) == 0
+    body = {"inputs": [[0.0] * 784] * 2, "samples": 50, "seed": 1}  # 100 score rows each
+
+    async def scenario():
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=url, timeout=90, limits=limits) as client:
+            calls = [asyncio.create_task(client.post("/elbo", json=body)) for _ in range(120)]
+            while (accepted := await in_flight(client)) < 40:  # many accepted and waiting, on both workers
+                await asyncio.sleep(0.02)
+            server.process.send_signal(signal.SIGTERM)
+            return accepted, await asyncio.gather(*calls)
+
+    accepted, responses = asyncio.run(scenario())
+    # Every request is answered: those accepted before SIGTERM with their result, those that arrived
+    # during the drain with a 503 that says to retry elsewhere. None is cut off.
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= accepted, [
+        r.text for r in responses if r.status_code != 200
+    ][:3]
+    assert all(r.headers["retry-after"] == "1" and "shutting down" in r.text for r in responses if r.status_code == 503)
+    assert len(served_by(metrics_dir)) == WORKERS
+    assert server.process.wait(timeout=60) == 0
     assert not any(_running(pid) for pid in pids)
     log = server.log_path.read_text()
     assert log.count("drained: every request received was answered") == WORKERS
     assert "supervisor: every worker has exited" in log
+
+
+async def in_flight(client: httpx.AsyncClient) -> float:
+    text = (await client.get("/metrics")).text
+    found = re.search(r"^vae_requests_in_flight (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) - 1 if found else 0.0  # less the scrape itself
