@@ -78,6 +78,7 @@ def handled(method):
         attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": name, "vae.request_id": rid}
         traced = nullcontext() if tracer is None else server_span(tracer, f"{SERVICE}/{name}", metadata, attributes)
         started, code = time.perf_counter(), grpc.StatusCode.OK
+        self.state.lifecycle.calls_in_flight += 1
         with traced as span:
             try:
                 if self.state.lifecycle.draining and name not in ALWAYS_OPEN:
@@ -96,6 +97,7 @@ def handled(method):
                 self.state.metrics.count_request(f"/{SERVICE}/{name}", code.value[0], elapsed)
                 if span is not None:
                     describe_call(span, code, getattr(request, "model_name", "") or getattr(request, "name", ""))
+                self.state.lifecycle.calls_in_flight -= 1
                 request_id.reset(token)
 
     return call

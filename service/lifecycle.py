@@ -23,6 +23,7 @@ T = TypeVar("T")
 class Lifecycle:
     draining: bool = False
     begin_drain: Callable[[], None] | None = None  # set by the server that runs the app: the SIGTERM drain
+    calls_in_flight: int = 0  # gRPC calls being handled: the drain waits for them as for HTTP requests
 
 
 async def _disconnected(receive) -> None:

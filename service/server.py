@@ -1,11 +1,12 @@
 """One server process: the app on uvicorn, with the SIGTERM drain.
 
 The drain answers every request it received. From SIGTERM on, readiness is 503 and new requests
-get 503 with Retry-After and ``Connection: close`` (``RequestMiddleware``); requests admitted
-before it finish. The listening socket stays open meanwhile, so a client that connects during
-the grace period gets that 503 instead of a reset. The process exits once no connection holds a
-request without its answer (a request whose first bytes arrived counts, even before its headers
-are complete), or when ``VAE_SHUTDOWN_GRACE_S`` runs out; then it logs how many were cut off.
+get 503 with Retry-After and ``Connection: close`` (``RequestMiddleware``), new gRPC calls
+UNAVAILABLE; requests and calls admitted before it finish. The listening sockets stay open
+meanwhile, so a client that connects during the grace period gets that 503 instead of a reset.
+The process exits once no connection holds a request without its answer (a request whose first
+bytes arrived counts, even before its headers are complete) and no gRPC call is in flight, or
+when ``VAE_SHUTDOWN_GRACE_S`` runs out; then it logs how many were cut off.
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ class DrainingServer(uvicorn.Server):
         loop.call_soon_threadsafe(lambda: setattr(self, "_drain", loop.create_task(self.drain())))
 
     def unanswered(self) -> int:
+        """HTTP connections holding a request without its answer, and gRPC calls in flight."""
+        return self.unanswered_connections() + self.lifecycle.calls_in_flight
+
+    def unanswered_connections(self) -> int:
         return sum(1 for c in self.server_state.connections if getattr(c, "unanswered", False))
 
     async def drain(self) -> None:
@@ -87,8 +92,10 @@ class DrainingServer(uvicorn.Server):
             elif time.monotonic() - quiet_since >= QUIET_S:
                 break
             await asyncio.sleep(0.01)
-        if cut := self.unanswered():
-            log.warning("grace of %.0f s over: %d connections cut off with requests unanswered", self.grace_s, cut)
+        if self.unanswered():
+            calls = self.lifecycle.calls_in_flight
+            log.warning("grace of %.0f s over: %d connections cut off with requests unanswered%s", self.grace_s,
+                        self.unanswered_connections(), f", {calls} gRPC calls" if calls else "")  # fmt: skip
         else:
             log.info("drained: every request received was answered; shutting down")
         self.should_exit = True

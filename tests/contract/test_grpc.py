@@ -21,7 +21,7 @@ from .conftest import ROOT, start_server
 
 KEY, ADMIN = "user-key", "admin-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
-BODY_LIMIT = 1024 * 1024
+BODY_LIMIT = 4 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
