@@ -227,7 +227,7 @@ class BatchTracing(BatchObserver):
 
     def admitted(self, jobs: list[Job]) -> None:
         span = self.trace.get_current_span()
-        if not span.get_span_context().is_valid:
+        if not span.is_recording():  # no request span, or one the sampler left out: nothing to trace
             return
         for job in jobs:
             job.trace = span.get_span_context()

@@ -13,6 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind
 
 from service import app as app_module
@@ -109,6 +110,23 @@ def test_a_client_error_is_not_a_server_error_on_the_span(traced):
     assert client.post("/sample", json={"n": -1}, headers={"traceparent": TRACEPARENT}).status_code == 422
     (server,) = spans_of(exporter, int(TRACE_ID, 16))["POST /sample"]
     assert server.attributes["http.response.status_code"] == 422 and server.status.is_unset
+
+
+def test_requests_the_sampler_leaves_out_are_served_and_make_no_spans(monkeypatch):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(app_module, "tracer_from_environment", lambda: provider.get_tracer("test"))
+    client = InProcessClient(app_module.create_app(Settings(model_dir=ROOT / "models", warmup=False)))
+    try:
+        for headers in ({}, {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"}):
+            assert client.post("/sample", json={"n": 2}, headers=headers).status_code == 200
+            assert (
+                client.post("/elbo", json={"inputs": [[0.0] * 784], "samples": 4}, headers=headers).status_code == 200
+            )
+    finally:
+        client.close()
+    assert exporter.get_finished_spans() == ()
 
 
 class Receiver(http.server.BaseHTTPRequestHandler):
