@@ -18,7 +18,7 @@ from .errors import ClientGone, ServiceError, client_gone, service_error, valida
 from .hot import HotRoutes
 from .lifecycle import Lifecycle
 from .metrics import Metrics
-from .middleware import BodyLimitMiddleware, RequestMiddleware
+from .middleware import BodyLimitMiddleware, RequestMiddleware, TracedRequestMiddleware
 from .peers import LocalPeers, WorkerLink
 from .registry import Registry
 from .routes import inference, meta, oip, playground, repository
@@ -119,7 +119,9 @@ def create_app(
             expose_headers=EXPOSED_HEADERS,
             max_age=600,
         )
-    app.middleware_stack = RequestMiddleware(
-        front, metrics=metrics, lifecycle=lifecycle, access_log=settings.access_log, tracer=tracer
-    )
+    options = {"metrics": metrics, "lifecycle": lifecycle, "access_log": settings.access_log}
+    if tracer is None:
+        app.middleware_stack = RequestMiddleware(front, **options)
+    else:
+        app.middleware_stack = TracedRequestMiddleware(front, tracer, **options)
     return app

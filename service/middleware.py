@@ -19,6 +19,7 @@ from .tracing import describe_answer, server_span
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")  # a client's X-Request-ID is echoed only if it looks like an id
 ALWAYS_OPEN = ("/health/", "/v2/health/", "/metrics")  # answered while draining: probes and scrapes must see the drain
+SPAN = "vae.span"  # the scope key of the request's OpenTelemetry span (tracing on)
 access = logging.getLogger("service.access")
 _ids = random.Random(int.from_bytes(os.urandom(16), "big"))  # request ids: unique, not secret; no syscall per request
 
@@ -33,22 +34,16 @@ class RequestMiddleware:
     in-flight gauge, the drain (503 for new requests and ``Connection: close`` on every answer once
     draining), the metrics by route template, and the optional access log."""
 
-    def __init__(self, app, metrics: Metrics, lifecycle: Lifecycle, access_log: bool = False, tracer=None):
+    def __init__(self, app, metrics: Metrics, lifecycle: Lifecycle, access_log: bool = False):
         self.app, self.metrics, self.lifecycle, self.access_log = app, metrics, lifecycle, access_log
-        self.tracer = tracer  # None: tracing off, and no span is made
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         rid = request_id_for(dict(scope["headers"]).get(b"x-request-id", b"").decode("latin1"))
-        if self.tracer is None:
-            return await self._handle(scope, receive, send, rid, None)
-        carrier = {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope["headers"]}
-        attributes = {"http.request.method": scope["method"], "url.path": scope["path"], "vae.request_id": rid}
-        with server_span(self.tracer, scope["method"], carrier, attributes) as span:
-            await self._handle(scope, receive, send, rid, span)
-
-    async def _handle(self, scope, receive, send, rid: str, span) -> None:
+        span = scope.get(SPAN)  # the request's span when TracedRequestMiddleware runs in front
+        if span is not None:
+            span.set_attribute("vae.request_id", rid)
         token = request_id.set(rid)
         started, status, answering = time.perf_counter(), 500, False
 
@@ -100,6 +95,24 @@ class RequestMiddleware:
                     },
                 )
             request_id.reset(token)
+
+
+class TracedRequestMiddleware(RequestMiddleware):
+    """``RequestMiddleware`` inside a server span that joins the caller's trace (tracing on); with
+    tracing off the app has the plain class, and no request pays for this one."""
+
+    def __init__(self, app, tracer, **options):
+        super().__init__(app, **options)
+        self.tracer = tracer
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        carrier = {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope["headers"]}
+        attributes = {"http.request.method": scope["method"], "url.path": scope["path"]}
+        with server_span(self.tracer, scope["method"], carrier, attributes) as span:
+            scope[SPAN] = span
+            await super().__call__(scope, receive, send)
 
 
 async def _read_to_the_end(receive) -> None:
