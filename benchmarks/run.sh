@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One command for the whole benchmark: installs wrk (Debian) and the bench extra, then runs
-# every scenario against vae-serve and its peers. Arguments go to `python -m benchmarks`
+# One command for the whole benchmark: installs wrk (Debian), the bench extra and MLServer's
+# environment, then runs every scenario against vae-serve and its peers. Arguments go to `python -m benchmarks`
 # (e.g. --duration 2 --concurrency 1 64). Results: benchmarks/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,4 +10,7 @@ if ! command -v wrk >/dev/null; then
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q -e '.[bench]'
+# MLServer, a peer, in an environment of its own (its FastAPI pin clashes with the service's)
+[ -x .venv-mlserver/bin/python ] || python3 -m venv .venv-mlserver
+.venv-mlserver/bin/python -m pip install -q -r benchmarks/peers/mlserver/requirements.txt
 exec .venv/bin/python -m benchmarks "$@"

@@ -36,10 +36,19 @@ def test_scenarios_send_the_same_array_as_npy_and_json():
             assert f"samples={scenario.samples}" in path
 
 
-@pytest.mark.parametrize("module, npy", [("benchmarks.peers.naive", True), ("benchmarks.peers.lit", False)])
-def test_peers_serve_the_scenarios_with_the_right_shapes(tmp_path, module, npy):
-    with Server(Peer(module, python_command(module) + ["{port}"], npy=npy), tmp_path) as server:
-        for scenario in scenarios(32):
+@pytest.mark.parametrize(
+    "module, arguments, npy, ready_path, only",
+    [
+        ("benchmarks.peers.naive", [], True, "/health/ready", ()),
+        ("benchmarks.peers.lit", [], False, "/health/ready", ()),
+        ("benchmarks.peers.mosec_peer", ["2", "1"], False, "/", ("sample n=1", "sample n=64")),
+        ("benchmarks.peers.floor", ["2"], False, "/health/ready", ("sample n=1",)),
+    ],
+)
+def test_peers_serve_the_scenarios_with_the_right_shapes(tmp_path, module, arguments, npy, ready_path, only):
+    peer = Peer(module, python_command(module) + ["{port}", *arguments], npy=npy, ready_path=ready_path, only=only)
+    with Server(peer, tmp_path) as server:
+        for scenario in (s for s in scenarios(32) if peer.serves(s)):
             body, content_type, accept, path = scenario.request(npy)
             answer = post(server.url + path, body, content_type, accept)
             if content_type == NPY:
@@ -71,7 +80,7 @@ def test_a_short_run_writes_the_tables_targets_and_plot(tmp_path):
         "--peers",
         "vae-serve",
         "naive FastAPI",
-        "hello (HTTP floor)",
+        "hello (FastAPI floor)",
         "--scenarios",
         "sample n=1",
         "decode",
@@ -81,6 +90,12 @@ def test_a_short_run_writes_the_tables_targets_and_plot(tmp_path):
         "300",
         "--soak-stretch",
         "1",
+        "--overload-duration",
+        "0",
+        "--burst-clients",
+        "0",
+        "--grpc-duration",
+        "1",
         "--out",
         str(tmp_path),
     ]
@@ -88,10 +103,13 @@ def test_a_short_run_writes_the_tables_targets_and_plot(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     seen = {(r["peer"], r["scenario"], r["connections"]) for r in results["runs"]}
     assert ("vae-serve", "decode 256", 8) in seen and ("naive FastAPI", "sample n=1", 1) in seen
-    assert ("hello (HTTP floor)", "decode 256", 1) not in seen  # the floor serves /sample only
+    assert ("hello (FastAPI floor)", "decode 256", 1) not in seen  # the floor serves /sample only
     ours = [r for r in results["runs"] if r["peer"] == "vae-serve"]
     assert all(r["requests"] > 0 and r["errors"] == 0 for r in ours)
     assert results["soak"]["points"][-1]["requests"] >= 300 and results["cold_start_s"][0] > 0
+    assert len(results["soak"]["points"][-1]["worker_rss_mb"]) >= 1  # each worker's memory, apart
+    assert {(g["rows"], g["connections"]) for g in results["grpc"]} == {(1, 1), (1, 8), (256, 1), (256, 8)}
+    assert all(g["requests"] > 0 and g["errors"] == 0 for g in results["grpc"])
     report = (tmp_path / "results.md").read_text()
     assert "## Targets" in report and "÷ naive" in report and "| vae-serve | npy | 8 |" in report
     assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -117,22 +135,29 @@ def test_targets_are_judged_from_the_measured_ratios():
         "inprocess": {"decode 256": 1000.0},
         "runs": [
             run("vae-serve", "sample n=1", 64, 3000),
-            run("naive FastAPI", "sample n=1", 64, 2000),
-            run("LitServe", "sample n=1", 64, 500),
+            run("vae-serve, 1 worker", "sample n=1", 64, 2000),
+            run("naive FastAPI", "sample n=1", 64, 1000),
+            run("mosec, 1 worker (default)", "sample n=1", 64, 1500),
+            run("mosec, 2 workers, 1 ms wait", "sample n=1", 64, 2500),
+            run("vae-serve", "oip decoder n=1", 64, 2000),
+            run("MLServer (OIP)", "oip decoder n=1", 64, 500),
             run("vae-serve", "decode 256", 64, 1, p99=40e3, rows=256),
+            run("vae-serve, 1 worker", "decode 256", 64, 1.1, rows=256),
         ],
         "cold_start_s": [0.5, 3.0, 0.7],
     }
-    judged = {name: (value, ok) for name, value, ok in targets(results)}
-    assert judged["/sample n=1 JSON at c=64 ≥ 1× naive FastAPI"] == ("1.50×", True)
-    assert judged["/sample n=1 JSON at c=64 ≥ 10× LitServe"] == ("6.00×", False)
+    judged = {name: (value.split(" (")[0], ok) for name, value, ok in targets(results)}
+    assert judged["/sample n=1 JSON at c=64 ≥ 1.5× mosec's best"] == ("1.20×", False)  # the best: 2 workers
+    assert judged["/sample n=1 JSON at c=64 ≥ 3× the lean naive app"] == ("3.00×", True)
+    assert judged["OIP infer on the decoder (n=1, JSON) at c=64 ≥ 3× MLServer"] == ("4.00×", True)
+    assert judged["/sample n=1 at c=64: default workers ≥ 1.6× one worker"] == ("1.50×", False)
+    assert judged["decode 256 at c=64: default workers no slower than one (≥ 0.95×, the noise)"] == ("0.91×", False)
     assert judged["p99 ≤ 3× p50 at c=64: decode 256"][1] is False  # 40 ms vs 10 ms
     assert judged["/decode 256 NPY ≥ 0.3× in-process onnxruntime rows/s"][1] is False  # 256 of 1000 rows/s
     assert judged["cold start (spawn → ready) ≤ 2 s on CPU"] == ("0.70 s median of 3", True)
     report = markdown(results)
-    assert (
-        "| 64 | n/a | 1.50× | 6.00× | n/a | n/a |" in report
-    )  # sample n=1: ÷ no batching, naive, LitServe, hello, in-process
+    # sample n=1 at c=64: ÷ 1 worker, no batching, naive, mosec's best, MLServer, LitServe, in-process
+    assert "| 64 | 1.50× | n/a | 3.00× | 1.20× | n/a | n/a | n/a |" in report
     assert "| **no** |" in report and "| yes |" in report
 
 
