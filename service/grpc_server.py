@@ -228,12 +228,16 @@ class Health(health_pb2_grpc.HealthServicer):
         return health_pb2.HealthCheckResponse(status=await self._status(request.service, context))
 
     async def Watch(self, request, context):
+        """Each change of status; the stream ends once draining has been said, so a watcher never
+        holds a stopping server until its grace runs out."""
         last = None
         while True:
             status = await self._status(request.service, context)
             if status != last:
                 yield health_pb2.HealthCheckResponse(status=status)
                 last = status
+            if self.state.lifecycle.draining:
+                return
             await asyncio.sleep(self.WATCH_EVERY_S)
 
 

@@ -194,9 +194,12 @@ def test_sigterm_answers_the_calls_in_flight_and_refuses_new_ones(tmp_path):
             heavy.inputs.add(name="eps", datatype="FP32", shape=list(eps.shape))
             heavy.raw_input_contents.extend([x.tobytes(), eps.tobytes()])
             in_flight = call.ModelInfer.future(heavy, timeout=60)
+            watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
             time.sleep(0.5)
             server.signal(signal.SIGTERM)
-            time.sleep(0.5)
+            # the watcher hears NOT_SERVING and its stream ends: it does not hold the stopping server
+            assert [m.status for m in watch] == [health_pb2.HealthCheckResponse.NOT_SERVING]
             check = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
             assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
             code, details = status_of(lambda: call.ModelInfer(raw_request(), timeout=10))
