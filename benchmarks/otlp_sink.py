@@ -1,5 +1,6 @@
-"""An OTLP/HTTP endpoint that accepts traces and keeps nothing: where the traced peers send their
-spans, so the figures include exporting them (as to a collector on the same host)."""
+"""An OTLP/HTTP endpoint on 127.0.0.1 that accepts traces: where the traced peers send their spans,
+so the figures include exporting them (as to a collector on the same host). It keeps nothing,
+unless given a list to keep each export's body in (the tests decode them)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import threading
 
 
 class _Sink(http.server.BaseHTTPRequestHandler):
+    kept: list[bytes] | None = None
+
     def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        if self.kept is not None and self.path == "/v1/traces":
+            self.kept.append(body)
         self.send_response(200)
         self.send_header("content-type", "application/x-protobuf")
         self.send_header("content-length", "0")
@@ -19,8 +24,10 @@ class _Sink(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def start_sink() -> http.server.ThreadingHTTPServer:
-    """A sink on a free 127.0.0.1 port, served by a daemon thread; ``shutdown()`` stops it."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+def start_sink(kept: list[bytes] | None = None) -> http.server.ThreadingHTTPServer:
+    """A sink on a free 127.0.0.1 port, served by a daemon thread (``shutdown()`` and
+    ``server_close()`` stop it); with ``kept``, each export's body is appended to it."""
+    handler = type("Sink", (_Sink,), {"kept": kept})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True, name="otlp-sink").start()
     return server

@@ -15,10 +15,10 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 
-def create_app() -> FastAPI:
+def sample_answer() -> bytes:
+    """A constant of the same shape as vae-serve's /sample n=1 answer, float32 values: the same byte count."""
     rng = np.random.default_rng(0)
-    # The same shape as vae-serve's /sample n=1 answer, with float32 values: the same byte count.
-    body = orjson.dumps(
+    return orjson.dumps(
         {
             "model": "fashion-mnist",
             "seed": 0,
@@ -27,6 +27,10 @@ def create_app() -> FastAPI:
         },
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
+
+
+def create_app() -> FastAPI:
+    body = sample_answer()
     app = FastAPI()
 
     @app.post("/sample")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import http.server
-import threading
 import time
 
 import httpx
@@ -16,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind
 
+from benchmarks.otlp_sink import start_sink
 from service import app as app_module
 from service import tracing
 from service.settings import Settings
@@ -129,33 +128,22 @@ def test_requests_the_sampler_leaves_out_are_served_and_make_no_spans(monkeypatc
     assert exporter.get_finished_spans() == ()
 
 
-class Receiver(http.server.BaseHTTPRequestHandler):
-    """An OTLP/HTTP receiver: each POST /v1/traces decoded with opentelemetry-proto."""
-
-    received: list[ExportTraceServiceRequest] = []
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["content-length"]))
-        if self.path == "/v1/traces":
-            message = ExportTraceServiceRequest()
-            message.ParseFromString(body)
-            Receiver.received.append(message)
-        self.send_response(200)
-        self.send_header("content-type", "application/x-protobuf")
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
+def decoded(bodies: list[bytes]) -> list[ExportTraceServiceRequest]:
+    messages = []
+    for body in list(bodies):
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(body)
+        messages.append(message)
+    return messages
 
 
-def received_spans() -> list:
-    return [s for m in Receiver.received for r in m.resource_spans for ss in r.scope_spans for s in ss.spans]
+def spans_in(messages: list[ExportTraceServiceRequest]) -> list:
+    return [s for m in messages for r in m.resource_spans for ss in r.scope_spans for s in ss.spans]
 
 
 def test_traces_reach_a_real_otlp_receiver_configured_by_the_standard_variables(tmp_path, monkeypatch):
-    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    bodies: list[bytes] = []
+    receiver = start_sink(kept=bodies)  # each export's body, decoded below with opentelemetry-proto
     environment = {
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_port}",
@@ -167,23 +155,23 @@ def test_traces_reach_a_real_otlp_receiver_configured_by_the_standard_variables(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     server, url = start_server(ROOT / "models", tmp_path / "server.log", workers=2)
+    expected = {"POST /sample", "queue", "batch", "onnxruntime.run"}
     try:
         for _ in range(4):
             headers = {"traceparent": TRACEPARENT}
             assert httpx.post(f"{url}/sample", json={"n": 1}, headers=headers, timeout=30).status_code == 200
         deadline, names = time.monotonic() + 20, set()
-        while time.monotonic() < deadline and not {"POST /sample", "queue", "batch", "onnxruntime.run"} <= names:
+        while time.monotonic() < deadline and not expected <= names:
             time.sleep(0.2)
-            names = {
-                s.name for m in Receiver.received for r in m.resource_spans for ss in r.scope_spans for s in ss.spans
-            }
+            names = {s.name for s in spans_in(decoded(bodies))}
     finally:
         server.stop()
         receiver.shutdown()
         receiver.server_close()
-    assert {"POST /sample", "queue", "batch", "onnxruntime.run"} <= names
-    services = {a.value.string_value for m in Receiver.received for r in m.resource_spans for a in r.resource.attributes
+    messages = decoded(bodies)
+    assert expected <= {s.name for s in spans_in(messages)}
+    services = {a.value.string_value for m in messages for r in m.resource_spans for a in r.resource.attributes
                 if a.key == "service.name"}  # fmt: skip
     assert services == {"vae-test"}
-    joined = [s for s in received_spans() if s.name == "POST /sample"]
-    assert all(s.trace_id.hex() == TRACE_ID and s.parent_span_id.hex() == PARENT_ID for s in joined)
+    joined = [s for s in spans_in(messages) if s.name == "POST /sample"]
+    assert joined and all(s.trace_id.hex() == TRACE_ID and s.parent_span_id.hex() == PARENT_ID for s in joined)

@@ -33,12 +33,9 @@ def test_same_seed_same_model_and_another_seed_differs(tmp_path, tiny_config):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
-def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, tiny_config, monkeypatch):
-    cfg = tiny_config()
-    straight = train.fit(cfg, tmp_path / "straight", progress=False)
-
-    real = train.evidence_over
-    calls = {"n": 0}
+def stop_in_the_third_epoch(cfg, run_dir, monkeypatch) -> None:
+    """A run that dies (KeyboardInterrupt) at its third validation: two epochs are checkpointed."""
+    real, calls = train.evidence_over, {"n": 0}
 
     def crash_on_third_validation(*args, **kwargs):
         calls["n"] += 1
@@ -48,8 +45,15 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, tiny_co
 
     monkeypatch.setattr(train, "evidence_over", crash_on_third_validation)
     with pytest.raises(KeyboardInterrupt):
-        train.fit(cfg, tmp_path / "resumed", progress=False)
+        train.fit(cfg, run_dir, progress=False)
     monkeypatch.setattr(train, "evidence_over", real)
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, tiny_config, monkeypatch):
+    cfg = tiny_config()
+    straight = train.fit(cfg, tmp_path / "straight", progress=False)
+
+    stop_in_the_third_epoch(cfg, tmp_path / "resumed", monkeypatch)
     assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["epoch"] == 2
     resumed = train.fit(cfg, tmp_path / "resumed", resume=True, progress=False)
     ws, wr = _weights(straight), _weights(resumed)
@@ -82,18 +86,7 @@ def test_the_recipe_resumes_exactly_with_its_moving_average_and_k_draws(tmp_path
     and resumed ends bit for bit where the uninterrupted one does, average included."""
     cfg = tiny_config("train.iwae_samples=4", "train.ema_decay=0.9", "train.kl_warmup_epochs=1")
     straight = train.fit(cfg, tmp_path / "straight", progress=False)
-    real, calls = train.evidence_over, {"n": 0}
-
-    def crash_on_third_validation(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train, "evidence_over", crash_on_third_validation)
-    with pytest.raises(KeyboardInterrupt):
-        train.fit(cfg, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(train, "evidence_over", real)
+    stop_in_the_third_epoch(cfg, tmp_path / "resumed", monkeypatch)
     resumed = train.fit(cfg, tmp_path / "resumed", resume=True, progress=False)
     a, b = (torch.load(p, weights_only=False) for p in (straight, resumed))
     for part in ("model", "ema"):
