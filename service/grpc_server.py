@@ -29,7 +29,7 @@ from .errors import ModelUnavailable, ServiceError, ServiceUnavailable, UnknownM
 from .grpc_messages import infer_request_of, infer_response_of, parameter_keys
 from .logs import request_id
 from .middleware import request_id_for
-from .oip_codec import DATATYPE, EXTENSIONS, PLATFORM, infer_request
+from .oip_codec import EXTENSIONS, PLATFORM, infer_request, model_metadata
 from .peers import cluster_not_ready
 from .tracing import server_span
 
@@ -141,17 +141,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     @handled
     async def ModelMetadata(self, request, context):
         runtime, graph = oip_service.find_graph(self.state.registry, request.name, request.version or None)
-        spec = runtime.manifest.graphs[graph]
-        tensors = [
-            [
-                service_pb2.ModelMetadataResponse.TensorMetadata(name=n, datatype=DATATYPE, shape=s)
-                for n, s in side.items()
-            ]
-            for side in (spec.inputs, spec.outputs)
-        ]
-        return service_pb2.ModelMetadataResponse(
-            name=request.name, versions=[runtime.version], platform=PLATFORM, inputs=tensors[0], outputs=tensors[1]
-        )
+        metadata = model_metadata(request.name, runtime.version, runtime.manifest.graphs[graph])  # HTTP's, as is
+        return json_format.ParseDict(metadata, service_pb2.ModelMetadataResponse())
 
     @handled
     async def ModelConfig(self, request, context):
