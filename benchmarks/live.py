@@ -56,6 +56,7 @@ class LiveServer:
         )
         while time.perf_counter() - started < timeout_s:
             if self.process.poll() is not None:
+                self._log.close()
                 raise RuntimeError(
                     f"{self.command} exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}"
                 )

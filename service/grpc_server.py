@@ -248,7 +248,10 @@ async def start(state, port: int, host: str) -> grpc.aio.Server:
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)  # fmt: skip
     reflection.enable_server_reflection(names, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    server.add_insecure_port(address)
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as exc:  # the port is taken by another program
+        raise RuntimeError(f"cannot serve gRPC on {address} ({exc}): set VAE_GRPC_PORT to a free port, or 0") from None
     await server.start()
     log.info("gRPC (OIP, health, reflection) on %s", address)
     return server

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import time
 
 import grpc
@@ -233,3 +234,10 @@ def test_the_grpc_deadline_is_the_requests_deadline(stub, client):
     if code == grpc.StatusCode.UNAVAILABLE:
         assert "after its deadline" in details and "retry in" in details
     assert all(len(f.result().raw_output_contents) == 5 for f in ahead)
+
+
+def test_a_grpc_port_in_use_stops_the_start_with_the_setting_named(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"cannot serve gRPC on 127.0.0.1:{port}.*VAE_GRPC_PORT"):
+            start_server(ROOT / "models", tmp_path / "server.log", workers=1, grpc_port=port)
