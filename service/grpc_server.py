@@ -107,7 +107,7 @@ def describe_call(span, code: grpc.StatusCode, model: str) -> None:
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     if model:
         span.set_attribute("vae.model", model)
-    if code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED) and code.value[0] in SERVER_FAULTS:
+    if code.value[0] in SERVER_FAULTS:
         from opentelemetry.trace import Status, StatusCode
 
         span.set_status(Status(StatusCode.ERROR, code.name))

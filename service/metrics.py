@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from .batcher import BatchObserver, FanOut, Job
 from .throughput import RunTiming
 from .tracing import epoch_ns
+from .workers import MULTIPROC_DIR
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -79,7 +80,7 @@ class Metrics:
     def exposition(self) -> bytes:
         """The text a scrape gets: under worker processes (prometheus_client's multiprocess directory
         set), every live and past worker's samples summed; else this process's registry."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if os.environ.get(MULTIPROC_DIR):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)

@@ -1,7 +1,8 @@
 """``VAE_WORKERS`` > 1: one port served by N worker processes, each a full replica.
 
 The supervisor (the process ``vae-serve`` started) binds the port once and hands the listening
-socket to N spawned workers; the kernel gives each new connection to one of them. Each worker has
+socket to N workers, forked from a forkserver that imported the app once; the kernel gives each
+new connection to one of them. Each worker has
 its own batchers and ORT sessions, with the cores divided among them. The supervisor owns what
 must agree across workers:
 
@@ -125,8 +126,10 @@ class Supervisor:
         self._context.set_forkserver_preload(["service.server"])
 
     def run(self) -> None:
-        own_dir = MULTIPROC_DIR not in os.environ
-        metrics_dir = os.environ.setdefault(MULTIPROC_DIR, tempfile.mkdtemp(prefix="vae-serve-metrics-"))
+        own_dir = MULTIPROC_DIR not in os.environ  # the user's own directory is used, and kept
+        if own_dir:
+            os.environ[MULTIPROC_DIR] = tempfile.mkdtemp(prefix="vae-serve-metrics-")
+        metrics_dir = os.environ[MULTIPROC_DIR]
         control_dir = tempfile.mkdtemp(prefix="vae-serve-control-")
         try:
             asyncio.run(self._main(Path(control_dir) / "control.sock"))
