@@ -97,8 +97,6 @@ def run(args: argparse.Namespace) -> None:
         from . import export
 
         for model_dir in args.model_dirs:
-            if not (model_dir / "manifest.json").is_file():
-                raise FileNotFoundError(f"{model_dir / 'manifest.json'} not found: name a folder of an exported model")
             export.reexport(model_dir)
         return
     cfg = resolve_config(args)

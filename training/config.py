@@ -58,6 +58,7 @@ class TrainConfig:
     kl_warmup_epochs: int = 0  # linear warm-up of β from 0 over this many epochs
     iwae_samples: int = 1  # K draws per image: 1 trains the ELBO; K > 1 the importance-weighted bound L_K once β = 1
     ema_decay: float = 0.0  # > 0: an exponential moving average of the weights, validated, kept and exported
+    init_from: str | None = None  # a served model's folder (models/<name>) whose weights start the run
     patience: int = 10  # early stopping on the validation ELBO
     seed: int = 0
     device: str = "cpu"

@@ -8,7 +8,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -131,6 +131,7 @@ class Run:
             "best_val_bound": -math.inf,
             "best_epoch": -1,
             "stale_epochs": 0,
+            "initialized_from": None,  # what the manifest records of a served model the run started from
         }  # fmt: skip
     )
 
@@ -169,14 +170,18 @@ def _start(cfg: Config, run_dir: Path, resume: bool, command: str | None) -> Run
     """A fresh run, or with ``resume`` the run dir's last checkpoint exactly as it was saved."""
     world = distributed.current()  # one process, or this rank of a torchrun job
     device = distributed.rank_device(use_device(cfg), world)
-    model = make_model(cfg).to(device)
+    last, metrics_path = run_dir / "last.pt", run_dir / "metrics.jsonl"
+    resuming = resume and last.is_file()
+    model = make_model(cfg)
+    initialized_from = warm_start(model, cfg) if cfg.train.init_from and not resuming else None
+    model = model.to(device)
     net = distributed.wrap(model, world, device)  # DDP under torchrun: gradients averaged over ranks
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs, eta_min=cfg.train.lr_min)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     run = Run(model, net, optimizer, scheduler, generator, world, device, command, make_ema(model, cfg.train.ema_decay))
-    last, metrics_path = run_dir / "last.pt", run_dir / "metrics.jsonl"
-    if resume and last.is_file():
+    run.state["initialized_from"] = initialized_from
+    if resuming:
         ckpt = torch.load(last, map_location=device, weights_only=False)
         if ckpt["config"] != cfg.to_dict():
             raise ConfigError(f"{last} was trained with a different config; start a new --runs-dir or drop --resume")
@@ -186,12 +191,35 @@ def _start(cfg: Config, run_dir: Path, resume: bool, command: str | None) -> Run
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         generator.set_state(ckpt["generator"])
-        run.state = {k: ckpt[k] for k in run.state}
+        run.state = {k: ckpt.get(k, v) for k, v in run.state.items()}
         run.command = ckpt.get("command") or command
         log.info("resumed from %s at epoch %d", last, run.state["epoch"])
     elif metrics_path.exists() and world.is_main:
         metrics_path.unlink()  # a fresh run starts a fresh log
     return run
+
+
+def warm_start(model: VAE, cfg: Config) -> dict:
+    """Start from a served model's weights (``train.init_from``), whose model config must be this
+    run's. Returns what the manifest keeps of that model, so its provenance outlives its folder."""
+    from .export import load_served_model  # export builds on this module
+
+    source = Path(cfg.train.init_from)
+    source_cfg, source_model, manifest = load_served_model(source)
+    mine, theirs = cfg.model, source_cfg.model
+    differ = [f"model.{f.name}" for f in fields(mine) if getattr(mine, f.name) != getattr(theirs, f.name)]
+    if differ:
+        raise ConfigError(f"train.init_from: {source} was trained with a different {', '.join(differ)} than this run")
+    model.load_state_dict(source_model.state_dict())
+    log.info("starting from the weights of %s (test NLL %s)", source, manifest["metrics"].get("test_nll"))
+    return {
+        "model_dir": str(source),
+        "command": manifest["command"],
+        "git_commit": manifest.get("git_commit"),
+        "weights_sha256": manifest["weights"]["sha256"],
+        "training": manifest["training"],
+        "test_nll": manifest["metrics"].get("test_nll"),
+    }
 
 
 def _train_epoch(run: Run, cfg: Config, train: torch.Tensor, progress: bool) -> tuple[torch.Tensor, float]:

@@ -41,6 +41,7 @@ def run_cli(capsys):
         (["evaluate", "fashion-mnist", "--runs-dir", "/nonexistent"], "not found: run `python -m training train"),
         (["export", "fashion-mnist", "--runs-dir", "/nonexistent"], "train first"),
         (["reexport", "/nonexistent/model"], "manifest.json not found: name a folder of an exported model"),
+        (["train", "fashion-mnist", "--set", "train.init_from=/nonexistent/model"], "manifest.json not found"),
     ],
 )
 def test_bad_arguments_give_clear_errors(run_cli, args, message):

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 
 from training import export, train
 from training.config import Config
@@ -163,3 +164,36 @@ def test_gaussian_model_exports_its_learned_sigma(tmp_path):
     image, log_scale = _session(tmp_path / "model", "decoder").run(None, {"z": z})
     np.testing.assert_allclose(np.exp(log_scale), manifest["sigma"], rtol=1e-5)
     assert image.min() >= 0 and image.max() <= 1
+
+
+def test_a_run_starts_from_a_served_models_weights(tmp_path, exported):
+    """``train.init_from``: the first step starts from the served graphs' weights, and the new
+    model's manifest keeps where they came from, since the folder may be overwritten."""
+    from tests.training.conftest import TINY
+    from training.config import load_config
+
+    model_dir, manifest, _ = exported
+    cfg = load_config("fashion-mnist", [*TINY, "train.epochs=1", f"train.init_from={model_dir}"])
+    model = train.make_model(cfg)
+    origin = train.warm_start(model, cfg)
+    served = export.load_served_model(model_dir)[1].state_dict()
+    assert all(torch.equal(model.state_dict()[k], served[k]) for k in served)
+    assert origin["weights_sha256"] == manifest["weights"]["sha256"] and origin["command"] == "pytest"
+    assert origin["test_nll"] == manifest["metrics"]["test_nll"]
+
+    best = train.fit(cfg, tmp_path / "run", progress=False)
+    assert torch.load(best, weights_only=False)["initialized_from"] == origin
+    (tmp_path / "run" / "eval.json").write_text(json.dumps(manifest["metrics"]))
+    again = export.export_model(tmp_path / "run", tmp_path / "model")
+    assert again["training"]["initialized_from"] == origin
+    assert again["config"]["train"]["init_from"] == str(model_dir)
+
+
+def test_a_served_model_of_another_shape_cannot_start_a_run(exported):
+    from tests.training.conftest import TINY
+    from training.config import ConfigError, load_config
+
+    model_dir, _, _ = exported
+    cfg = load_config("fashion-mnist", [*TINY, "model.latent_dim=8", f"train.init_from={model_dir}"])
+    with pytest.raises(ConfigError, match=r"different model.latent_dim than this run"):
+        train.warm_start(train.make_model(cfg), cfg)
