@@ -104,15 +104,16 @@ def ablation_table(result: dict) -> str:
 
 def decoder_rows_per_second(model_dirs: list[Path], batch: int, rounds: int, seconds: float) -> dict[str, float]:
     """Each model's decoder.onnx on the CPU at ``batch`` rows, timed in alternating rounds so both
-    see the same machine; the best round's rows/s of each."""
+    see the same machine; the best round's rows/s of each, by the model's name and test NLL."""
     import onnxruntime as ort
 
     sessions, best = {}, {}
     for model_dir in model_dirs:
         manifest = json.loads((model_dir / "manifest.json").read_text())
+        label = f"`{manifest['name']}`, test NLL {manifest['metrics']['test_nll']:.2f}"
         session = ort.InferenceSession(str(model_dir / "decoder.onnx"), providers=["CPUExecutionProvider"])
         z = np.random.default_rng(0).standard_normal((batch, manifest["latent_dim"]), dtype=np.float32)
-        sessions[str(model_dir)], best[str(model_dir)] = (session, {"z": z}), 0.0
+        sessions[label], best[label] = (session, {"z": z}), 0.0
     for _ in range(rounds):
         for name, (session, feed) in sessions.items():
             session.run(None, feed)  # warm
@@ -126,7 +127,7 @@ def decoder_rows_per_second(model_dirs: list[Path], batch: int, rounds: int, sec
 
 def serving_cost(args: argparse.Namespace) -> dict:
     rates = decoder_rows_per_second(args.model_dirs, args.batch, args.rounds, args.seconds)
-    baseline = rates[str(args.model_dirs[0])]
+    baseline = next(iter(rates.values()))
     ratios = {k: v / baseline for k, v in rates.items()}
     result = {"batch": args.batch, "rows_per_second": rates, "ratio_to_first": ratios}
     lines = [f"| decoder.onnx | rows/s at batch {args.batch} (CPU) | vs first |", "|---|---|---|"]
