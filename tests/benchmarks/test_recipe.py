@@ -19,8 +19,9 @@ def test_the_graphs_iwae_agrees_with_the_training_evaluation():
     from_graphs = onnx_iwae.log_likelihoods(MODEL, x, samples=200, rows=20, seed=0)
     cfg, model, _ = export.load_served_model(MODEL)
     from_torch = train.evidence_over(model, torch.from_numpy(x), samples=200, rows=20, seed=1, device="cpu")
-    assert np.abs(from_graphs - from_torch["log_likelihood"].numpy()).mean() < 0.5
-    assert from_graphs.mean() == pytest.approx(float(from_torch["log_likelihood"].mean()), abs=0.2)
+    per_image = from_graphs - from_torch["log_likelihood"].numpy()
+    assert np.abs(per_image).mean() < 1.0  # each a noisy estimate: a nat apart at most on average
+    assert per_image.mean() == pytest.approx(0.0, abs=0.25)
     single = onnx_iwae.log_likelihoods(MODEL, x, samples=1, rows=20, seed=0)
     assert single.mean() < from_graphs.mean()  # one draw is the ELBO's estimate: below L_200
 
