@@ -23,7 +23,6 @@ import numpy as np
 from .live import ROOT
 
 log = logging.getLogger("benchmarks.onnx_iwae")
-TEST_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 
 
 def log_normal(z: np.ndarray, mean: np.ndarray, log_var: np.ndarray) -> np.ndarray:
@@ -58,14 +57,14 @@ def log_likelihoods(model_dir: Path, x: np.ndarray, samples: int, rows: int, see
     return out
 
 
-def test_images() -> np.ndarray:
-    """The protocol's test set: all 10,000 Fashion-MNIST test images, statically binarized (seed 0)."""
-    import torch
+def test_images(model_dir: Path) -> np.ndarray:
+    """The protocol's test set for the model, as the evaluation prepares it: all of the split its
+    config names, statically binarized (seed 0)."""
+    from training import train
+    from training.config import Config
 
-    from training.data import binarize_static, read_idx
-
-    pixels = torch.from_numpy(read_idx(TEST_IMAGES).reshape(-1, 784).astype(np.float32) / 255.0)
-    return binarize_static(pixels, seed=0).numpy()
+    cfg = Config.from_dict(json.loads((model_dir / "manifest.json").read_text())["config"])
+    return train.prepare_eval_images(cfg, train.load_data(cfg).test).numpy()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if manifest["likelihood"] != "bernoulli" or manifest["dataset"]["name"] != "fashion-mnist":
         parser.exit(2, f"{parser.prog}: error: {args.model_dir} is not a Bernoulli Fashion-MNIST model\n")
     started = time.perf_counter()
-    values = log_likelihoods(args.model_dir, test_images(), args.samples, args.rows, args.seed)
+    values = log_likelihoods(args.model_dir, test_images(args.model_dir), args.samples, args.rows, args.seed)
     result = {
         "model": manifest["name"],
         "weights_sha256": manifest["weights"]["sha256"],

@@ -57,7 +57,6 @@ def ablate(args: argparse.Namespace) -> dict:
     import torch
 
     from training import export, train
-    from training.config import Config
     from training.model import VAE
 
     torch.set_num_threads(args.threads)
@@ -71,10 +70,9 @@ def ablate(args: argparse.Namespace) -> dict:
         train_arm(args.config, run_dir, schedule(str(args.init_from), args.epochs, args.threads) + overrides)
         run = run_dir / cfg.name
         epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
-        raw = VAE(Config.from_dict(ckpt["config"]).model)
+        run_cfg, averaged, ckpt = train.load_checkpoint(run / "last.pt")
+        raw = VAE(run_cfg.model)
         raw.load_state_dict(ckpt["model"])
-        averaged = train.load_checkpoint(run / "last.pt")[1]
         for weights, model in (("raw", raw.eval()), ("EMA", averaged)):
             rows.append({"arm": arm, "weights": weights, "epochs": len(epochs),
                          "train_seconds": round(sum(e["seconds"] for e in epochs), 1),

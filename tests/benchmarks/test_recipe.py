@@ -15,7 +15,7 @@ MODEL = onnx_iwae.ROOT / "models" / "fashion-mnist"
 def test_the_graphs_iwae_agrees_with_the_training_evaluation():
     """Two estimators of the same log p(x), one numpy over the exported graphs and one torch over
     the objective, with their own ε: per-image means agree within the estimators' noise."""
-    x = onnx_iwae.test_images()[:40]
+    x = onnx_iwae.test_images(MODEL)[:40]
     from_graphs = onnx_iwae.log_likelihoods(MODEL, x, samples=200, rows=20, seed=0)
     cfg, model, _ = export.load_served_model(MODEL)
     from_torch = train.evidence_over(model, torch.from_numpy(x), samples=200, rows=20, seed=1, device="cpu")
