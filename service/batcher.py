@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import Busy, DeadlinePassed, TooLarge
+from .noise import Noise, draw
 from .throughput import RunTiming, Throughput
 
 log = logging.getLogger(__name__)
 
-Tensors = dict[str, np.ndarray]
+Tensors = dict[str, np.ndarray]  # a queued job's inputs may hold a Noise, drawn when its batch runs
 RunFn = Callable[[Tensors], Tensors]
 
 
@@ -89,9 +90,28 @@ def take_batch(queue: deque[Job], max_cost: int, max_jobs: int | None = None) ->
 
 
 def concatenate(parts: list[Tensors], batch_axes: dict[str, int]) -> Tensors:
-    if len(parts) == 1:
+    """The parts' inputs joined along their batch axes; ``Noise`` inputs are drawn for all parts at once."""
+    if len(parts) == 1 and not drawn_names(parts[0]):
         return parts[0]
-    return {name: np.concatenate([p[name] for p in parts], axis=batch_axes[name]) for name in parts[0]}
+    return {name: join([p[name] for p in parts], batch_axes[name]) for name in parts[0]}
+
+
+def join(values: list, axis: int) -> np.ndarray:
+    """Arrays and ``Noise`` pieces, in order, as one array: the noise drawn in one call."""
+    noise = [v for v in values if isinstance(v, Noise)]
+    if not noise:
+        return np.concatenate(values, axis=axis)
+    drawn = draw(noise)
+    if len(noise) == len(values):
+        return drawn
+    cuts = np.cumsum([n.shape[axis] for n in noise])[:-1]
+    pieces = iter(np.split(drawn, cuts, axis=axis))
+    return np.concatenate([next(pieces) if isinstance(v, Noise) else v for v in values], axis=axis)
+
+
+def drawn_names(inputs: Tensors) -> list[str]:
+    """The inputs that are ``Noise``: drawn in the run, and answered beside its outputs."""
+    return [name for name, value in inputs.items() if isinstance(value, Noise)]
 
 
 def split(outputs: Tensors, sizes: Iterable[int], batch_axes: dict[str, int]) -> list[Tensors]:
@@ -119,6 +139,8 @@ def chunks(inputs: Tensors, rows: int, chunk: int, batch_axes: dict[str, int]) -
 
 def take_rows(value: np.ndarray, start: int, stop: int, axis: int) -> np.ndarray:
     """Rows ``start:stop`` along ``axis`` (a view, no copy)."""
+    if isinstance(value, Noise):
+        return value.take(start, stop)
     return value[(slice(None),) * axis + (slice(start, stop),)]
 
 
@@ -411,9 +433,10 @@ class Batcher:
         self.observer.batch(rows, len(jobs))
         started = time.perf_counter()
         timing = self.throughput.submitted(cost)
+        drawn = {name for job in jobs for name in drawn_names(job.inputs)}
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._padded_run, jobs, rows, timing
+                self.executor, self._padded_run, jobs, rows, timing, drawn
             )
             pieces = split(outputs, [j.rows for j in jobs], self.batch_axes)
         except Exception as exc:  # the failure belongs to this run's requests only
@@ -426,17 +449,22 @@ class Batcher:
         finally:
             self.throughput.finished(timing)
         for job, piece in zip(jobs, pieces):
+            if drawn and not drawn_names(job.inputs):  # it sent its own arrays: the graph's outputs alone
+                piece = {name: value for name, value in piece.items() if name not in drawn}
             if not job.future.done():
                 job.future.set_result(piece)
         self._report(jobs, rows, started, timing, ok=True)
 
-    def _padded_run(self, jobs: list[Job], rows: int, timing: RunTiming) -> Tensors:
-        """Concatenate, pad to the bucket, run, cut the padding off (in the executor thread, which times it)."""
+    def _padded_run(self, jobs: list[Job], rows: int, timing: RunTiming, drawn: set[str]) -> Tensors:
+        """Concatenate (drawing the noise), pad to the bucket, run, cut the padding off (in the
+        executor thread, which times it). Drawn inputs come back beside the outputs: /sample answers
+        with its latents."""
         timing.began = time.perf_counter()
         try:
             inputs = concatenate([j.inputs for j in jobs], self.batch_axes)
             target = self.padded_rows(rows, weight=jobs[0].cost // jobs[0].rows)
             outputs = self.run(pad_rows(inputs, rows, target, self.batch_axes))
+            outputs = {**{name: inputs[name] for name in drawn}, **outputs} if drawn else outputs
         finally:
             timing.ended = time.perf_counter()
         if target == rows:

@@ -22,6 +22,7 @@ from .batcher import Batcher, FanOut, Tensors, bucket_sizes
 from .errors import Conflict
 from .manifest import REQUIRED_GRAPHS, GraphSpec, Manifest, ManifestError, load_manifest
 from .metrics import GraphStats, Metrics
+from .noise import Noise
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ class ModelRuntime:
         with self.in_use():
             return await self.batchers[graph].submit(inputs, weight=weight, deadline=deadline)
 
-    async def encode(self, x: np.ndarray, eps: np.ndarray, deadline: float | None = None) -> Tensors:
+    async def encode(self, x: np.ndarray, eps: np.ndarray | Noise, deadline: float | None = None) -> Tensors:
         """q(z|x): mean, log_var (B, Z) from x (B, D); with K = len(eps) > 0 draws, also z (B, K, Z)."""
         with self.in_use():  # both graphs of one version
             out = await self.infer("encoder", {"x": x}, deadline=deadline)
@@ -186,15 +187,18 @@ class ModelRuntime:
             z = (await self.infer("reparameterize", inputs, weight=len(eps), deadline=deadline))["z"]  # (K, B, Z)
             return {**out, "z": np.ascontiguousarray(z.transpose(1, 0, 2))}  # (B, K, Z)
 
-    async def decode(self, z: np.ndarray, deadline: float | None = None) -> Tensors:
-        """E[x|z]: image (B, D) from z (B, Z), plus the likelihood's parameters."""
+    async def decode(self, z: np.ndarray | Noise, deadline: float | None = None) -> Tensors:
+        """E[x|z]: image (B, D) from z (B, Z), plus the likelihood's parameters (and z itself when it
+        is a Noise: drawn in the batch)."""
         return await self.infer("decoder", {"z": z}, deadline=deadline)
 
-    async def score(self, x: np.ndarray, eps: np.ndarray, deadline: float | None = None) -> Tensors:
+    async def score(self, x: np.ndarray, eps: np.ndarray | Noise, deadline: float | None = None) -> Tensors:
         """x (B, D), eps (K, B, Z) -> elbo, reconstruction, kl, log_likelihood, gap, each (B,)."""
-        return await self.infer("score", {"x": x, "eps": eps}, weight=len(eps), deadline=deadline)
+        out = await self.infer("score", {"x": x, "eps": eps}, weight=len(eps), deadline=deadline)
+        out.pop("eps", None)  # a drawn ε comes back beside the outputs; the scores are the answer
+        return out
 
-    async def anomaly(self, x: np.ndarray, eps: np.ndarray, threshold: float, maps: bool = False,
+    async def anomaly(self, x: np.ndarray, eps: np.ndarray | Noise, threshold: float, maps: bool = False,
                       deadline: float | None = None) -> Tensors:  # fmt: skip
         """The calibrated anomaly score of images x (B, D) with ε (K, B, Z): score, percentile, outlier,
         log_likelihood, each (B,), and ``statistics``, the five it is built from; with ``maps``,
@@ -208,7 +212,7 @@ class ModelRuntime:
         with self.in_use():  # all graphs of one version
             encoded, scores = await asyncio.gather(
                 self.infer("encoder", {"x": x}, deadline=deadline),
-                self.infer("score", {"x": x, "eps": eps}, weight=len(eps), deadline=deadline),
+                self.score(x, eps, deadline),
             )
             stats = anomaly.statistics(scores, encoded["mean"], x.reshape(-1, *self.image_grid), calibration["latent"])
             verdict = anomaly.judge(stats, calibration, threshold)

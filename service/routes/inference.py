@@ -10,13 +10,13 @@ from __future__ import annotations
 import random
 import secrets
 
-import numpy as np
 from fastapi import APIRouter
 
 from .. import arrays, rules
 from ..answer import Answer
 from ..hot import Call, Handler, documented
 from ..lifecycle import run_or_abandon
+from ..noise import Noise
 from ..schemas import (
     AnomalyOptions,
     AnomalyRequest,
@@ -47,23 +47,12 @@ NPY_IMAGES = (
 NPY_LATENTS = "float32 latents, shape (N, latent_dim); options in the query string"
 
 _seeds = random.Random(secrets.randbits(128))  # seeds for requests that give none: unpredictable enough, no syscall
-_unseeded = np.random.Generator(np.random.PCG64(secrets.randbits(128)))  # ε for requests that need no seed back
 
 
-def _rng(seed: int | None) -> tuple[int, np.random.Generator]:
-    """The request's own generator, so a seed gives the same draw on any server: /sample returns the
-    seed it picked when none was given."""
-    seed = _seeds.getrandbits(63) if seed is None else seed
-    return seed, _seeded(seed)
-
-
-def _eps_rng(seed: int | None) -> np.random.Generator:
-    """ε's generator: seeded per request only when the request has a seed (nothing returns one picked)."""
-    return _unseeded if seed is None else _seeded(seed)
-
-
-def _seeded(seed: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(seed))
+def _seed(given: int | None) -> int:
+    """The request's seed, or one picked for it (``/sample`` returns it): a seed gives the same draw
+    on any server, in any batch."""
+    return _seeds.getrandbits(63) if given is None else given
 
 
 def _headers(model) -> dict[str, str]:
@@ -79,13 +68,12 @@ def _admit(call: Call) -> tuple[float, str]:
 
 
 async def _images_request(call: Call, options_model):
-    """Options, the model, x (B, H·W·C) and ε (K, B, Z) drawn from the seed."""
+    """Options, the model, x (B, H·W·C) and ε (K, B, Z) keyed by the seed (drawn in its batch)."""
     options, array = await arrays.read_request(call, options_model, "inputs")
     model = call.state.registry.resolve(options.model)
     rules.check_size(call.state.settings, len(array), options.samples)
     x = arrays.images(array, model.image_shape)
-    rng = _eps_rng(options.seed)
-    eps = rng.standard_normal((options.samples, len(x), model.latent_dim), dtype=np.float32)  # (K, B, Z)
+    eps = Noise.of(_seed(options.seed), (options.samples, len(x), model.latent_dim), axis=1)  # (K, B, Z), drawn later
     return options, model, x, eps
 
 
@@ -140,9 +128,10 @@ async def sample(call: Call) -> Answer:
     options, _ = await arrays.read_request(call, SampleRequest)
     model = call.state.registry.resolve(options.model)
     rules.check_size(call.state.settings, options.n, rows_field="n")
-    seed, rng = _rng(options.seed)
-    z = rng.standard_normal((options.n, model.latent_dim), dtype=np.float32) * np.float32(options.temperature)  # (n, Z)
+    seed = _seed(options.seed)
+    z = Noise.of(seed, (options.n, model.latent_dim), axis=0, scale=options.temperature)  # (n, Z), drawn in the batch
     out = await run_or_abandon(call.receive, model.decode(z, deadline))
+    z = out["z"]
     images = arrays.as_image_grid(out["image"], model.image_shape)
     body = {"model": model.name, "seed": seed, "latents": z, "images": arrays.images_payload(images, options.format)}
     headers = {**_headers(model), "X-Seed": str(seed)}

@@ -8,6 +8,8 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from service import noise
+
 HEADER = "Inference-Header-Content-Length"
 
 
@@ -67,9 +69,7 @@ def test_encoder_equals_rest_encode(client, server):
 
 def test_score_with_the_rest_seeds_noise_equals_rest_elbo(client, server):
     x, samples, seed = images(5, seed=2), 8, 123
-    eps = np.random.Generator(np.random.PCG64(seed)).standard_normal(
-        (samples, 5, 32), dtype=np.float32
-    )  # as /elbo draws it
+    eps = noise.draw([noise.Noise.of(seed, (samples, 5, 32), axis=1)])  # as /elbo draws it
     result = client.infer(
         "fashion-mnist-score",
         [tensor("x", x, True), tensor("eps", eps, False)],
