@@ -16,17 +16,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import Busy, DeadlinePassed, TooLarge
+from .jobs import Job, Tensors
 from .noise import Noise, draw
+from .observers import BatchObserver, FanOut
 from .throughput import RunTiming, Throughput
 
 log = logging.getLogger(__name__)
 
-Tensors = dict[str, np.ndarray]  # a queued job's inputs may hold a Noise, drawn when its batch runs
 RunFn = Callable[[Tensors], Tensors]
 
 
@@ -45,18 +45,6 @@ class DeadlineExceeded(DeadlinePassed):
 
 DEADLINE_SOURCES = "X-Timeout-Ms, parameters.timeout or the gRPC deadline; default VAE_REQUEST_TIMEOUT_MS"
 DEADLINE_MESSAGE = f"deadline passed while the request was queued ({DEADLINE_SOURCES})"
-
-
-@dataclass(eq=False)
-class Job:
-    inputs: Tensors
-    rows: int  # size along the batch axis
-    cost: int  # rows × weight: what counts against max_batch_rows (e.g. K × B decoder rows)
-    signature: tuple  # jobs coalesce only with jobs whose non-batch shapes match
-    future: asyncio.Future
-    enqueued_at: float = field(default_factory=time.perf_counter)
-    queued: bool = True  # False once a run has taken it: past that point it is never dropped
-    trace: object = None  # the request's span context, set by a tracing observer (None: not traced)
 
 
 def signature_of(inputs: Tensors, batch_axes: dict[str, int]) -> tuple:
@@ -156,70 +144,6 @@ def pad_rows(inputs: Tensors, rows: int, target: int, batch_axes: dict[str, int]
     return padded
 
 
-class BatchObserver:
-    """Hooks for metrics and traces; the default does nothing."""
-
-    def admitted(self, jobs: list[Job]) -> None:
-        """A request's jobs entered the queue (on the request's own task: its context is current)."""
-
-    def ran(self, jobs: list[Job], started: float, timing: RunTiming, ok: bool) -> None:
-        """After a run, with its jobs and its times (``time.perf_counter`` values)."""
-
-    def batch(self, rows: int, jobs: int) -> None: ...
-
-    def queue_depth(self, rows: int) -> None: ...
-
-    def queue_wait(self, seconds: float) -> None: ...
-
-    def run_done(self, rows: int, compute_s: float, request_s: list[float], ok: bool) -> None:
-        """After a run: its rows, its compute time and each request's time since it was queued."""
-
-    def dropped(self, rows: int, reason: str) -> None:
-        """A request left the queue without reaching ORT: "deadline" or "cancelled" (its client left)."""
-
-    def shed(self, rows: int, reason: str) -> None:
-        """A request refused at admission: "queue_full", or "late" (expected to finish after its deadline)."""
-
-
-class FanOut(BatchObserver):
-    """Several observers as one (Prometheus metrics and the OIP statistics)."""
-
-    def __init__(self, *observers: BatchObserver):
-        self.observers = observers
-
-    def admitted(self, jobs: list[Job]) -> None:
-        for o in self.observers:
-            o.admitted(jobs)
-
-    def ran(self, jobs: list[Job], started: float, timing: RunTiming, ok: bool) -> None:
-        for o in self.observers:
-            o.ran(jobs, started, timing, ok)
-
-    def batch(self, rows: int, jobs: int) -> None:
-        for o in self.observers:
-            o.batch(rows, jobs)
-
-    def queue_depth(self, rows: int) -> None:
-        for o in self.observers:
-            o.queue_depth(rows)
-
-    def queue_wait(self, seconds: float) -> None:
-        for o in self.observers:
-            o.queue_wait(seconds)
-
-    def run_done(self, rows: int, compute_s: float, request_s: list[float], ok: bool) -> None:
-        for o in self.observers:
-            o.run_done(rows, compute_s, request_s, ok)
-
-    def dropped(self, rows: int, reason: str) -> None:
-        for o in self.observers:
-            o.dropped(rows, reason)
-
-    def shed(self, rows: int, reason: str) -> None:
-        for o in self.observers:
-            o.shed(rows, reason)
-
-
 class JobQueue:
     """The jobs waiting for a run, and their total cost: what admission and the loop share."""
 
@@ -276,11 +200,13 @@ class Batcher:
         self.max_delay_s, self.max_queue_rows = max_delay_s, max_queue_rows
         self.executor, self.pad_to_buckets, self.name = executor, pad_to_buckets, name
         self.max_jobs = None if coalesce else 1  # coalesce=False: the no-batching baseline
-        self.observer = observer or BatchObserver()
+        self.observer = observer if isinstance(observer, FanOut) else FanOut(*([observer] if observer else []))
         self.queue = JobQueue()
         self.throughput = Throughput()
         self._wake = asyncio.Event()
         self._worker: asyncio.Task | None = None
+        self._expiry: asyncio.TimerHandle | None = None  # the queue's one deadline timer
+        self._expiry_at = math.inf
         # Runs in flight at once: a second run lets a big batch use another core while the first
         # computes; batches still grow while every slot is busy.
         self.max_concurrent_runs = max_concurrent_runs
@@ -317,8 +243,8 @@ class Batcher:
         parts = chunks(inputs, rows, self.chunk_rows(weight), self.batch_axes)
         jobs = self._admit(parts, weight, deadline)
         if len(jobs) == 1:
-            return await self._result(jobs[0], deadline)
-        results = await asyncio.gather(*(self._result(job, deadline) for job in jobs))
+            return await self._result(jobs[0])
+        results = await asyncio.gather(*(self._result(job) for job in jobs))
         return concatenate(list(results), self.batch_axes)
 
     def _admit(self, parts: list[Tensors], weight: int, deadline: float | None = None) -> list[Job]:
@@ -328,7 +254,8 @@ class Batcher:
         jobs = []
         for part in parts:
             rows = self.rows_of(part)
-            jobs.append(Job(part, rows, rows * weight, signature_of(part, self.batch_axes), loop.create_future()))
+            signature = signature_of(part, self.batch_axes)
+            jobs.append(Job(part, rows, rows * weight, signature, loop.create_future(), deadline=deadline))
         cost = sum(j.cost for j in jobs)
         if cost > self.max_queue_rows:
             limit = f"at most {self.max_queue_rows} rows queue (VAE_MAX_QUEUE_ROWS)"
@@ -354,32 +281,44 @@ class Batcher:
                 retry_after(late_s),
             )
         self.queue.add(jobs)
+        if deadline is not None and (self._expiry is None or deadline < self._expiry_at):
+            self._arm_expiry(deadline)
         self.observer.admitted(jobs)
-        self.observer.queue_depth(self.queue.cost)
         self._wake.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name=f"batcher:{self.name}")
         return jobs
 
-    async def _result(self, job: Job, deadline: float | None) -> Tensors:
-        """The job's slice of its run; dropped from the queue at its deadline or when cancelled."""
-        loop = asyncio.get_running_loop()
-        timer = (
-            None if deadline is None else loop.call_later(max(0.0, deadline - time.perf_counter()), self._expire, job)
-        )
+    async def _result(self, job: Job) -> Tensors:
+        """The job's slice of its run; dropped from the queue when its awaiting task is cancelled."""
         try:
             return await job.future
         except asyncio.CancelledError:
             self._drop(job, "cancelled")
             raise
-        finally:
-            if timer is not None:
-                timer.cancel()
 
-    def _expire(self, job: Job) -> None:
-        """At a job's deadline: dropped if still queued; a job already running is left to finish."""
-        if self._drop(job, "deadline"):
-            job.future.set_exception(DeadlineExceeded(DEADLINE_MESSAGE))
+    def _arm_expiry(self, at: float) -> None:
+        """One timer for the queue, at its earliest deadline (not one per request)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry_at = at
+        self._expiry = asyncio.get_running_loop().call_later(max(0.0, at - time.perf_counter()), self._expire_due)
+
+    def _expire_due(self) -> None:
+        """At the earliest deadline: every job still queued past its own is dropped (a job already
+        running is left to finish); the timer moves on to the next deadline in the queue."""
+        self._expiry = None
+        self._expire(time.perf_counter())
+        upcoming = [j.deadline for j in self.queue.jobs if j.deadline is not None]
+        if upcoming:
+            self._arm_expiry(min(upcoming))
+        else:
+            self._expiry_at = math.inf
+
+    def _expire(self, now: float) -> None:
+        for job in [j for j in self.queue.jobs if j.deadline is not None and j.deadline <= now]:
+            if self._drop(job, "deadline") and not job.future.done():
+                job.future.set_exception(DeadlineExceeded(DEADLINE_MESSAGE))
 
     def _drop(self, job: Job, reason: str) -> bool:
         if not self.queue.drop(job):
@@ -398,6 +337,8 @@ class Batcher:
                 continue
             await self._slots.acquire()  # jobs keep queueing (and coalescing) while every slot is busy
             await self._wait_to_fill()
+            if (now := time.perf_counter()) >= self._expiry_at:  # a batch never takes a job past its deadline
+                self._expire(now)
             jobs = self.queue.take(self.max_batch_rows, self.max_jobs) if self.queue else []
             self.observer.queue_depth(self.queue.cost)
             if not jobs:  # every job was dropped meanwhile, or cancelled before its run
@@ -426,8 +367,7 @@ class Batcher:
     async def _run(self, jobs: list[Job]) -> None:
         """One ORT run in the executor over the jobs' rows (padded to a bucket), split back to them."""
         now = time.perf_counter()
-        for job in jobs:
-            self.observer.queue_wait(now - job.enqueued_at)
+        self.observer.queue_waits([now - job.enqueued_at for job in jobs])
         rows = sum(j.rows for j in jobs)
         cost = sum(j.cost for j in jobs)
         self.observer.batch(rows, len(jobs))
@@ -477,6 +417,8 @@ class Batcher:
         self.observer.ran(jobs, started, timing, ok)
 
     async def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         for task in [self._worker, *self._running]:
             if task is None:
                 continue

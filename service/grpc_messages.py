@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from .batcher import Tensors
+from .jobs import Tensors
 from .oip_codec import DATATYPE, InferRequest, bad_request
 
 CONTENTS = {"FP32": "fp32_contents"}  # the typed field each datatype the graphs take reads from

@@ -1,7 +1,6 @@
 """A request's life beyond its handler: its client leaving, and the SIGTERM drain.
 
-- ``run_or_abandon``: awaits the batcher, and cancels the queued work if the client disconnects
-  (``receive`` is the request's ASGI channel),
+- ``run_or_abandon``: awaits the batcher, and cancels the queued work if the client disconnects,
   so an abandoned request never reaches onnxruntime.
 - ``Lifecycle``: the draining flag the SIGTERM handler in ``__main__`` sets and ``RequestMiddleware``
   and readiness (``peers.not_ready``) read.
@@ -33,30 +32,28 @@ async def _disconnected(receive) -> None:
 
 
 WATCH_AFTER_S = 0.005  # a request answered sooner costs no watcher task; one that waits longer gets one
+ON_DISCONNECT = "vae.on_disconnect"  # scope["extensions"] key: the server calls back when the client leaves
 
 
-async def run_or_abandon(receive, work: Awaitable[T]) -> T:
-    """``work``'s result; if the client leaves first, ``work`` is cancelled (its queued rows are
-    dropped) and ClientGone is raised. A watcher task starts once the request has waited
-    ``WATCH_AFTER_S``: on a disconnect it cancels the task that awaits ``work``, so ``work`` itself
-    needs no task of its own, and the many requests answered within a few milliseconds need no
-    watcher at all."""
+async def run_or_abandon(request, work: Awaitable[T]) -> T:
+    """``work``'s result; if the client of ``request`` (its ASGI ``scope`` and ``receive``, as a
+    ``hot.Call`` or a Starlette request has them) leaves first, ``work`` is cancelled (its queued rows are
+    dropped) and ClientGone is raised, so ``work`` itself needs no task of its own.
+
+    A server that says when its connection is lost (``ON_DISCONNECT``, as ``service.server``'s
+    protocol does) costs a callback, no timer and no task. Under another ASGI server a watcher
+    task reads ``receive`` once the request has waited ``WATCH_AFTER_S``: the many requests
+    answered within a few milliseconds need none."""
     current = asyncio.current_task()
     gone = False
-    watcher: asyncio.Task | None = None
 
-    def on_disconnect(task: asyncio.Task) -> None:
+    def leave() -> None:
         nonlocal gone
-        if not task.cancelled():
-            gone = True
-            current.cancel()
+        gone = True
+        current.cancel()
 
-    def watch() -> None:
-        nonlocal watcher
-        watcher = asyncio.create_task(_disconnected(receive))
-        watcher.add_done_callback(on_disconnect)
-
-    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch)
+    notify = request.scope.get("extensions", {}).get(ON_DISCONNECT)
+    stop = notify(leave) if notify is not None else _watch(request.receive, leave)
     try:
         return await work
     except asyncio.CancelledError:
@@ -65,7 +62,28 @@ async def run_or_abandon(receive, work: Awaitable[T]) -> T:
             raise ClientGone() from None
         raise
     finally:
+        stop()
+
+
+def _watch(receive, leave: Callable[[], None]) -> Callable[[], None]:
+    """A watcher task on ``receive`` from ``WATCH_AFTER_S`` on; returns what stops it."""
+    watcher: asyncio.Task | None = None
+
+    def on_disconnect(task: asyncio.Task) -> None:
+        if not task.cancelled():
+            leave()
+
+    def watch() -> None:
+        nonlocal watcher
+        watcher = asyncio.create_task(_disconnected(receive))
+        watcher.add_done_callback(on_disconnect)
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch)
+
+    def stop() -> None:
         timer.cancel()
         if watcher is not None:
             watcher.remove_done_callback(on_disconnect)
             watcher.cancel()
+
+    return stop

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
-from .batcher import BatchObserver, FanOut, Job
+from .jobs import Job
+from .observers import BatchObserver, FanOut
 from .throughput import RunTiming
 from .tracing import epoch_ns
 from .workers import MULTIPROC_DIR

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from .batcher import Tensors
 from .errors import InvalidInput
+from .jobs import Tensors
 from .manifest import GraphSpec
 
 HEADER_LENGTH = "inference-header-content-length"

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 
 from . import rules
-from .batcher import Tensors
 from .errors import Conflict, InvalidInput, ModelUnavailable, ServiceUnavailable, UnknownModel
+from .jobs import Tensors
 from .manifest import GraphSpec
 from .metrics import merge_reports
 from .oip_codec import InferRequest

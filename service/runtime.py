@@ -18,11 +18,13 @@ import numpy as np
 import onnxruntime as ort
 
 from . import anomaly
-from .batcher import Batcher, FanOut, Tensors, bucket_sizes
+from .batcher import Batcher, bucket_sizes
 from .errors import Conflict
+from .jobs import Tensors
 from .manifest import REQUIRED_GRAPHS, GraphSpec, Manifest, ManifestError, load_manifest
 from .metrics import GraphStats, Metrics
 from .noise import Noise
+from .observers import FanOut
 from .settings import Settings
 
 log = logging.getLogger(__name__)

@@ -15,11 +15,13 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .app import create_app
+from .lifecycle import ON_DISCONNECT
 from .logs import configure_logging
 from .settings import Settings
 
@@ -28,16 +30,81 @@ log = logging.getLogger("service")
 QUIET_S = 0.2  # the drain ends after this long with no request unanswered and no new connection
 
 
+class OneWrite:
+    """A connection's transport that gathers what is written in one turn of the event loop and
+    writes it at the end of that turn: a response's head and body leave in one write (one syscall),
+    not two. Anything else (flow control, close, the peer's address) is the transport's own."""
+
+    __slots__ = ("transport", "loop", "held", "held_bytes")
+    LARGE = 1 << 16  # a body this large is written as it comes (after what is held): no copy to join it
+
+    def __init__(self, transport: asyncio.Transport):
+        self.transport, self.loop = transport, asyncio.get_running_loop()
+        self.held: list[bytes] = []
+        self.held_bytes = 0
+
+    def write(self, data: bytes) -> None:
+        if len(data) >= self.LARGE:
+            self.flush()
+            return self.transport.write(data)
+        if not self.held:
+            self.loop.call_soon(self.flush)
+        self.held.append(data)
+        self.held_bytes += len(data)
+        if self.held_bytes >= self.LARGE:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.held:
+            data = self.held[0] if len(self.held) == 1 else b"".join(self.held)
+            self.held.clear()
+            self.held_bytes = 0
+            if not self.transport.is_closing():
+                self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name):
+        return getattr(self.transport, name)
+
+
 class DrainingProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol, counting the requests begun on this connection and those answered."""
+    """uvicorn's HTTP protocol, counting the requests begun on this connection and those answered;
+    it writes each response once (``OneWrite``) and tells the request when its client leaves
+    (``ON_DISCONNECT``: no task per request watches for it)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.begun = self.answered = 0
+        self.on_lost: Callable[[], None] | None = None
+        self.notify_bound = self.notify
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(OneWrite(transport))
 
     def on_message_begin(self) -> None:  # the first byte of a request has arrived
         self.begun += 1
         super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self.cycle.scope["extensions"] = {ON_DISCONNECT: self.notify_bound}
+
+    def notify(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` if the connection is lost before the answer; returns what cancels it."""
+        self.on_lost = callback
+        return self.forget
+
+    def forget(self) -> None:
+        self.on_lost = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        lost, self.on_lost = self.on_lost, None
+        super().connection_lost(exc)
+        if lost is not None:
+            lost()
 
     def on_response_complete(self) -> None:
         self.answered += 1
@@ -52,6 +119,21 @@ class DrainingProtocol(HttpToolsProtocol):
         if self.unanswered and self.cycle is None:
             return  # its request is still arriving: the app answers it, with Connection: close
         super().shutdown()
+
+
+class Front:
+    """The app as uvicorn calls it: a request goes straight to the app's middleware stack (which
+    ``create_app`` set), as Starlette's own ``__call__`` sends it after setting ``scope["app"]``,
+    without FastAPI's per-request telemetry check; the lifespan goes to the app."""
+
+    def __init__(self, app):
+        self.app, self.stack = app, app.middleware_stack
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        scope["app"] = self.app
+        await self.stack(scope, receive, send)
 
 
 class DrainingServer(uvicorn.Server):
@@ -106,7 +188,7 @@ def serve(settings: Settings, sockets=None, peers=None) -> None:
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings, peers, grpc=True)
     config = uvicorn.Config(
-        app,
+        Front(app),
         host=settings.host,
         port=settings.port,
         http=DrainingProtocol,

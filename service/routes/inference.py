@@ -89,7 +89,7 @@ async def _images_request(call: Call, options_model):
 async def encode(call: Call) -> Answer:
     deadline, kind = _admit(call)
     _, model, x, eps = await _images_request(call, EncodeOptions)
-    out = await run_or_abandon(call.receive, model.encode(x, eps, deadline))
+    out = await run_or_abandon(call, model.encode(x, eps, deadline))
     return arrays.answer(kind, "mean", out, {"model": model.name, **out}, _headers(model))
 
 
@@ -108,7 +108,7 @@ async def decode(call: Call) -> Answer:
     model = call.state.registry.resolve(options.model)
     rules.check_size(call.state.settings, len(array), rows_field="latents")
     z = arrays.latents(array, model.latent_dim)  # (B, Z)
-    out = await run_or_abandon(call.receive, model.decode(z, deadline))
+    out = await run_or_abandon(call, model.decode(z, deadline))
     images = arrays.as_image_grid(out["image"], model.image_shape)
     body = {"model": model.name, "images": arrays.images_payload(images, options.format)}
     return arrays.answer(kind, "images", {"images": images}, body, _headers(model))
@@ -130,7 +130,7 @@ async def sample(call: Call) -> Answer:
     rules.check_size(call.state.settings, options.n, rows_field="n")
     seed = _seed(options.seed)
     z = Noise.of(seed, (options.n, model.latent_dim), axis=0, scale=options.temperature)  # (n, Z), drawn in the batch
-    out = await run_or_abandon(call.receive, model.decode(z, deadline))
+    out = await run_or_abandon(call, model.decode(z, deadline))
     z = out["z"]
     images = arrays.as_image_grid(out["image"], model.image_shape)
     body = {"model": model.name, "seed": seed, "latents": z, "images": arrays.images_payload(images, options.format)}
@@ -150,7 +150,7 @@ async def sample(call: Call) -> Answer:
 async def elbo(call: Call) -> Answer:
     deadline, kind = _admit(call)
     _, model, x, eps = await _images_request(call, ElboOptions)
-    out = await run_or_abandon(call.receive, model.score(x, eps, deadline))
+    out = await run_or_abandon(call, model.score(x, eps, deadline))
     return arrays.answer(kind, "log_likelihood", out, {"model": model.name, **out}, _headers(model))
 
 
@@ -166,7 +166,7 @@ async def elbo(call: Call) -> Answer:
 async def anomaly(call: Call) -> Answer:
     deadline, kind = _admit(call)
     options, model, x, eps = await _images_request(call, AnomalyOptions)
-    out = await run_or_abandon(call.receive, model.anomaly(x, eps, options.threshold, options.maps, deadline))
+    out = await run_or_abandon(call, model.anomaly(x, eps, options.threshold, options.maps, deadline))
     statistics = out.pop("statistics")
     if "maps" in out:
         out["maps"] = arrays.as_image_grid(out["maps"], model.image_shape)

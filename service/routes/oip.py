@@ -105,7 +105,7 @@ async def infer_tensors(call: Call) -> Answer:
         call.params["name"],
         call.params.get("version"),
         parse=lambda spec: parse_infer_request(body, header_length, spec),
-        wait=lambda work: run_or_abandon(call.receive, work),
+        wait=lambda work: run_or_abandon(call, work),
     )
     body, headers = infer_response(call.params["name"], runtime.version, parsed, results)
     return Answer(body, media_type=None, headers={**headers, "X-Model-Version": runtime.version})

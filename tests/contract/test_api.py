@@ -220,3 +220,18 @@ def test_the_playground_page_and_its_assets_are_served(client):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     for asset in ("/static/app.js", "/static/style.css"):
         assert asset in page.text and client.get(asset).status_code == 200
+
+
+def test_a_failing_observer_leaves_the_answer_200(client, monkeypatch, caplog):
+    """Metrics, statistics and traces report on a request; an exception in one never becomes its answer."""
+    from service.metrics import GraphStats, _Observer
+
+    def broken(self, *args):
+        raise RuntimeError("observer broken")
+
+    monkeypatch.setattr(_Observer, "batch", broken)
+    monkeypatch.setattr(GraphStats, "run_done", broken)
+    for body in ({"n": 2, "seed": 1}, {"n": 3}):
+        response = client.post("/sample", json=body)
+        assert response.status_code == 200 and len(response.json()["images"]) == body["n"]
+    assert any("observer _Observer failed in batch" in r.getMessage() for r in caplog.records)

@@ -11,9 +11,7 @@ import pytest
 
 from service.batcher import (
     Batcher,
-    BatchObserver,
     DeadlineExceeded,
-    Job,
     QueueFull,
     TooLate,
     bucket_sizes,
@@ -22,6 +20,8 @@ from service.batcher import (
     take_batch,
 )
 from service.errors import TooLarge
+from service.jobs import Job
+from service.observers import BatchObserver
 
 AXES = {"x": 0, "y": 0}
 
