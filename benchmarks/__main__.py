@@ -17,18 +17,20 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
 from service.settings import Settings
 from service.workers import default_workers
 
-from .grpc_load import grpc_load
+from .grpc_load import MODEL_INFER, grpc_ready, infer_request
+from .h2load import GRPC_HEADERS, grpc_frame, h2load
 from .live import ROOT, free_port
 from .load import Peer, Server, python_command, wrk
 from .otlp_sink import start_sink
 from .overload import burst, overload
 from .report import MLSERVER, MOSEC_1, MOSEC_2, ONE_WORKER, TRACED_1, TRACED_ALL, write_report
-from .scenarios import NPY, burst_scenario, inprocess_rows_per_second, scenarios
+from .scenarios import NPY, burst_scenario, inprocess_rows_per_second, oip_decoder_scenario, scenarios
 
 log = logging.getLogger("benchmarks")
 SERVICE = "vae-serve"
@@ -193,20 +195,45 @@ def run_overload(args, latent_dim: int, log_dir: Path) -> dict:
 
 
 def run_grpc(args, latent_dim: int, log_dir: Path) -> list[dict]:
-    """vae-serve with default settings: OIP ModelInfer on the decoder over gRPC, 1 and 256 rows a request."""
+    """gRPC against HTTP on one server, driven by h2load: OIP ModelInfer on the decoder (raw
+    contents, 1 and 256 rows) and HTTP OIP infer (JSON, 1 row); then the grpc.aio floor (a constant
+    answer, as many processes) under the same load."""
     port = free_port()
-    env = {"VAE_DEFAULT_MODEL": args.model, "VAE_GRPC_PORT": str(port)}
+    grpc_url = f"http://127.0.0.1:{port}{MODEL_INFER}"
+    calls = {rows: grpc_frame(infer_request(rows, latent_dim).SerializeToString()) for rows in (1, 256)}
+    oip = oip_decoder_scenario(np.random.default_rng(1).standard_normal((1, latent_dim)).round(4).tolist())
+    body, content_type, _, path = oip.request(False)
     runs = []
-    with Server(Peer(SERVICE, python_command("service"), env), log_dir) as server:
-        for rows in (1, 256):
-            grpc_load(f"127.0.0.1:{port}", rows, latent_dim, 1, 1)  # warm-up, not recorded
-            for connections in args.concurrency:
-                server.wait_idle()
-                result = grpc_load(f"127.0.0.1:{port}", rows, latent_dim, connections, args.grpc_duration)
-                runs.append({"rows": rows, "connections": connections, "rows_per_s": result["rps"] * rows, **result})
-                p50_ms, p99_ms = result["p50_us"] / 1e3, result["p99_us"] / 1e3
-                log.info("grpc decoder n=%-4d c=%-4d %8.0f req/s  p50 %6.1f ms  p99 %6.1f ms  errors %d",
-                         rows, connections, result["rps"], p50_ms, p99_ms, result["errors"])  # fmt: skip
+    service = Peer(SERVICE, python_command("service"), {"VAE_DEFAULT_MODEL": args.model, "VAE_GRPC_PORT": str(port)})
+    with Server(service, log_dir) as server:
+        if not grpc_ready(f"127.0.0.1:{port}", latent_dim):
+            raise RuntimeError(f"vae-serve's gRPC port {port} gives no answer to ModelInfer")
+        for rows, call in calls.items():
+            runs += _h2load_runs(args, server, "grpc", rows, grpc_url, call, GRPC_HEADERS)
+        runs += _h2load_runs(args, server, "http", 1, server.url + path, body, {"content-type": content_type})
+    workers = str(default_workers())
+    floor = Peer(
+        f"grpc.aio floor, {workers} workers", [*python_command("benchmarks.peers.grpc_floor"), "{port}", workers]
+    )
+    with Server(floor, log_dir, ready=grpc_ready) as server:
+        url = f"http://127.0.0.1:{server.port}{MODEL_INFER}"
+        runs += _h2load_runs(args, server, "grpc floor", 1, url, calls[1], GRPC_HEADERS)
+    return runs
+
+
+def _h2load_runs(args, server, transport: str, rows: int, url: str, body: bytes, headers: dict) -> list[dict]:
+    """A warm-up, then one h2load run per concurrency; ``transport`` "http" is HTTP/1.1, else HTTP/2."""
+    http1 = transport == "http"
+    h2load(url, body, headers, 1, 1, http1=http1)  # warm-up, not recorded
+    runs = []
+    for connections in args.concurrency:
+        server.wait_idle()
+        result = h2load(url, body, headers, connections, args.grpc_duration, http1=http1)
+        runs.append({"transport": transport, "rows": rows, "connections": connections, **result})
+        runs[-1]["rows_per_s"] = result["rps"] * rows
+        p50_ms, p99_ms = result["p50_us"] / 1e3, result["p99_us"] / 1e3
+        log.info("%-10s decoder n=%-4d c=%-4d %8.0f req/s  p50 %6.1f ms  p99 %6.1f ms  errors %d", transport, rows,
+                 connections, result["rps"], p50_ms, p99_ms, result["errors"])  # fmt: skip
     return runs
 
 

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 CALLERS_PER_CHANNEL = 16
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 def infer_request(rows: int, latent_dim: int):
@@ -58,3 +59,18 @@ async def _load(target: str, request, connections: int, duration_s: float) -> di
 def grpc_load(target: str, rows: int, latent_dim: int, connections: int, duration_s: float) -> dict:
     """One closed-loop run against ``target`` (host:port): requests, errors and latency (µs)."""
     return asyncio.run(_load(target, infer_request(rows, latent_dim), connections, duration_s))
+
+
+def grpc_ready(target: str, latent_dim: int = 32) -> bool:
+    """Whether ``target`` (host:port) answers a one-row ModelInfer with an image."""
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            answer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                infer_request(1, latent_dim), timeout=2
+            )
+        except grpc.RpcError:
+            return False
+    return bool(answer.raw_output_contents)

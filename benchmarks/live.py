@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,9 +38,15 @@ class LiveServer:
     """
 
     def __init__(
-        self, command: list[str], log_path: Path, env: dict[str, str] | None = None, ready_path: str = "/health/ready"
+        self,
+        command: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        ready_path: str = "/health/ready",
+        ready: Callable[[str], bool] | None = None,  # given the address host:port (a gRPC server has no HTTP)
     ):
         self.port = free_port()
+        self.ready = ready
         self.command = [part.format(port=self.port) for part in command]
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path, self.ready_path = log_path, ready_path
@@ -60,7 +67,7 @@ class LiveServer:
                 raise RuntimeError(
                     f"{self.command} exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}"
                 )
-            if is_ready(self.url + self.ready_path):
+            if self.ready(f"127.0.0.1:{self.port}") if self.ready else is_ready(self.url + self.ready_path):
                 return time.perf_counter() - started
             time.sleep(0.01)
         self.stop()

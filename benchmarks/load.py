@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +39,8 @@ class Peer:
 class Server(LiveServer):
     """A peer's process (and its children, in their own session) on a free port."""
 
-    def __init__(self, peer: Peer, log_dir: Path):
-        super().__init__(peer.command, log_dir / f"{peer.name.replace(' ', '_')}.log", peer.env, peer.ready_path)
+    def __init__(self, peer: Peer, log_dir: Path, ready: Callable[[str], bool] | None = None):
+        super().__init__(peer.command, log_dir / f"{peer.name.replace(' ', '_')}.log", peer.env, peer.ready_path, ready)
         self.peer = peer
         self.idle_share = 0.0  # CPU share the peer burns with no load (LitServe's workers poll)
 

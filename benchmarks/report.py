@@ -84,6 +84,15 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
                 value <= 3,
             )
         )
+    grpc = {(r["transport"], r["rows"], r["connections"]): r for r in results.get("grpc", [])}
+    if ("grpc", 1, 64) in grpc and ("http", 1, 64) in grpc:
+        for key in (("grpc", 1, 64), ("http", 1, 64), ("grpc floor", 1, 64)):
+            if key in grpc:
+                grpc[key]["peer"] = f"{key[0]} ({'h2load' if key[0] != 'http' else 'h2load --h1'})"
+        rows.append(_versus("gRPC ModelInfer (1 row, raw) at c=64 ≥ 1.0× HTTP OIP infer (JSON), h2load",
+                            grpc[("grpc", 1, 64)], grpc[("http", 1, 64)], 1.0))  # fmt: skip
+        rows.append(_versus("gRPC ModelInfer ÷ the grpc.aio floor (constant answer), c=64",
+                            grpc[("grpc", 1, 64)], grpc.get(("grpc floor", 1, 64)), None))  # fmt: skip
     errors = sum(r["errors"] for r in runs if r["peer"] == SERVICE)
     rows.append(("no errors at any concurrency (vae-serve)", f"{errors} errors", errors == 0))
     if results.get("cold_start_s"):
@@ -195,14 +204,16 @@ def markdown(results: dict) -> str:
     if results.get("grpc"):
         lines += [
             "",
-            "## OIP over gRPC (decoder, raw tensor contents; a grpc.aio load generator on the same cores)",
+            "## OIP over gRPC and HTTP (decoder; h2load on the same cores: gRPC raw contents over HTTP/2 in",
+            "connections of 8 streams, HTTP OIP infer with a JSON body over HTTP/1.1; the grpc.aio floor answers",
+            "a constant image)",
             "",
-            "| rows / request | c | req/s | rows/s | p50 ms | p99 ms | errors |",
-            "|---|---|---|---|---|---|---|",
+            "| transport | rows / request | c | req/s | rows/s | p50 ms | p99 ms | errors |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r['rows']} | {r['connections']} | {r['rps']:,.0f} | {r['rows_per_s']:,.0f} | {r['p50_us'] / 1e3:.1f} "
-            f"| {r['p99_us'] / 1e3:.1f} | {r['errors']} |"
+            f"| {r['transport']} | {r['rows']} | {r['connections']} | {r['rps']:,.0f} | {r['rows_per_s']:,.0f} "
+            f"| {r['p50_us'] / 1e3:.1f} | {r['p99_us'] / 1e3:.1f} | {r['errors']} |"
             for r in results["grpc"]
         ]
     if results.get("soak"):

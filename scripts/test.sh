@@ -9,12 +9,13 @@ apt_install() {
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"
 }
-# From Debian: Fashion-MNIST's IDX files (training tests), wrk (the benchmark harness's test),
+# From Debian: Fashion-MNIST's IDX files (training tests), wrk and h2load (the benchmark harness's test),
 # chromium (the browser tests drive it through Playwright; no browser download) and kubectl
 # (the Kubernetes tests render the kustomize overlays with `kubectl kustomize`).
 missing=()
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"

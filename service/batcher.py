@@ -336,6 +336,7 @@ class Batcher:
                 await self._wake.wait()
                 continue
             await self._slots.acquire()  # jobs keep queueing (and coalescing) while every slot is busy
+            await self._wait_while_running()
             await self._wait_to_fill()
             if (now := time.perf_counter()) >= self._expiry_at:  # a batch never takes a job past its deadline
                 self._expire(now)
@@ -348,7 +349,20 @@ class Batcher:
             self._running.add(run)
             run.add_done_callback(self._run_done)
 
+    def _full(self) -> bool:
+        """The queue holds a whole batch (or, with batching off, a job)."""
+        return self.queue.cost >= self.max_batch_rows or (self.max_jobs is not None and len(self.queue) > 0)
+
+    async def _wait_while_running(self) -> None:
+        """A second run starts only for a whole batch: while a run is in flight, the next batch
+        grows until that run ends or the batch is whole. Requests that arrive one at a time
+        (gRPC calls, each its own turn of the loop) coalesce instead of running one by one."""
+        while self._running and self.queue and not self._full():
+            self._wake.clear()
+            await self._wake.wait()
+
     def _run_done(self, run: asyncio.Task) -> None:
+        self._wake.set()
         self._running.discard(run)
         self._slots.release()
 
