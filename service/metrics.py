@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
+from .control import MULTIPROC_DIR
 from .jobs import Job
 from .observers import BatchObserver, FanOut
 from .throughput import RunTiming
 from .tracing import epoch_ns
-from .workers import MULTIPROC_DIR
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)

@@ -15,13 +15,14 @@ import itertools
 import logging
 import os
 
-import orjson
-
-from . import errors
+from . import control, errors
+from .control import ABSENT
 from .errors import ServiceError
-from .workers import ABSENT, encode
 
 log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 2.0  # a readiness question the workers cannot answer in this long is "not ready"
+SUPERVISOR_GONE = "the supervisor is gone: retry on another replica"
 
 
 def not_ready(state) -> str | None:
@@ -72,7 +73,13 @@ async def cluster_not_ready(state) -> str | None:
     """Why the server (every worker) should get no traffic now, or None when every worker is ready."""
     if problem := not_ready(state):  # this worker's own state first: no round trip while draining
         return problem
-    for reply in await state.peers.all({"op": "ready"}):
+    try:
+        replies = await asyncio.wait_for(state.peers.all({"op": "ready"}), READY_TIMEOUT_S)
+    except TimeoutError:
+        return f"the workers did not answer within {READY_TIMEOUT_S:g} s"
+    except errors.ServiceUnavailable as exc:
+        return exc.message
+    for reply in replies:
         if ABSENT in reply:
             return f"worker {reply[ABSENT]} is starting"
         if reply["problem"]:
@@ -100,6 +107,8 @@ class LocalPeers:
 
 class WorkerLink:
     """A worker's line to the supervisor: it answers the supervisor's calls and sends its own fan-outs.
+    When the supervisor is gone (the line closes: it exited or was killed), the worker drains and
+    exits, and cross-worker calls answer 503 at once.
 
     On joining it applies the loads and unloads every other worker has applied (the supervisor
     keeps them), so a replacement serves what the others serve before it reports ready.
@@ -114,13 +123,13 @@ class WorkerLink:
         self._tasks: set[asyncio.Task] = set()
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task | None = None
+        self._gone = False  # the supervisor closed the control connection (it exited or was killed)
 
     async def start(self, state) -> None:
         self.state = state
         reader, self._writer = await asyncio.open_unix_connection(self.path, limit=2**24)
-        self._writer.write(encode({"hello": self.slot, "pid": os.getpid()}))
-        welcome = orjson.loads(await reader.readline())
-        for call in welcome["replay"]:
+        self._writer.write(control.message(control.HELLO, [self.slot, os.getpid()]))
+        for call in control.read(await reader.readline()).body:  # the replay
             reply = await answer(state, call)
             log.info("worker %d joined: %s %s -> %s", self.slot, call["op"], call["name"], reply)
         self._reader_task = asyncio.create_task(self._read(reader))
@@ -132,9 +141,11 @@ class WorkerLink:
             self._writer.close()
 
     async def all(self, call: dict) -> list[dict]:
+        if self._gone:
+            raise errors.ServiceUnavailable(SUPERVISOR_GONE)
         ident = next(self._ids)
         future = self._pending[ident] = asyncio.get_running_loop().create_future()
-        self._writer.write(encode({"id": ident, "all": call}))
+        self._writer.write(control.message(control.ALL, call, ident))
         try:
             return await future
         finally:
@@ -142,17 +153,20 @@ class WorkerLink:
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         while line := await reader.readline():
-            message = orjson.loads(line)
-            if "call" in message:
-                task = asyncio.create_task(self._answer(message["id"], message["call"]))
+            message = control.read(line)
+            if message.kind == control.CALL:
+                task = asyncio.create_task(self._answer(message.ident, message.body))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-            elif (future := self._pending.get(message["id"])) is not None and not future.done():
-                future.set_result(message["replies"])
-        log.error("worker %d: the supervisor closed its control connection", self.slot)
+            elif (future := self._pending.get(message.ident)) is not None and not future.done():
+                future.set_result(message.body)
+        self._gone = True
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(errors.ServiceUnavailable("the supervisor is gone: retry on another replica"))
+                future.set_exception(errors.ServiceUnavailable(SUPERVISOR_GONE))
+        if not self.state.lifecycle.draining:  # an orphan holds the port from a restarted server: drain, exit
+            log.error("worker %d: the supervisor closed its control connection; draining", self.slot)
+            self.state.lifecycle.begin_drain()
 
     async def _answer(self, ident: int, call: dict) -> None:
         try:
@@ -160,4 +174,4 @@ class WorkerLink:
         except Exception as exc:  # a failed call still answers, so the caller never waits forever
             log.exception("worker %d: call %s failed", self.slot, call)
             reply = {"error": "ServiceUnavailable", "message": f"worker {self.slot}: {exc}"}
-        self._writer.write(encode({"id": ident, "reply": reply}))
+        self._writer.write(control.message(control.REPLY, reply, ident))

@@ -30,22 +30,15 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-
+from . import control
+from .control import ABSENT, MULTIPROC_DIR
 from .settings import Settings
 
 log = logging.getLogger("service.workers")
 
-MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable: read when it is imported
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one folder per GPU the driver sees
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "QUOTA PERIOD", or "max PERIOD" for no limit
 CHECK_EVERY_S = 0.1
-ABSENT = "absent"  # the reply of a worker that is not running (being replaced)
-
-
-def encode(message: dict) -> bytes:
-    """One message of the control socket: a JSON line."""
-    return orjson.dumps(message) + b"\n"
 
 
 def gpu_count() -> int:
@@ -211,19 +204,19 @@ class Supervisor:
         task = asyncio.current_task()
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
-        hello = orjson.loads(await reader.readline())
-        worker = self.workers.get(hello["hello"])
-        if worker is None or worker.process.pid != hello["pid"]:
+        slot, pid = control.read(await reader.readline()).body
+        worker = self.workers.get(slot)
+        if worker is None or worker.process.pid != pid:
             writer.close()
             return
         worker.writer = writer
-        writer.write(encode({"replay": list(self.replay.values())}))
+        writer.write(control.message(control.REPLAY, list(self.replay.values())))
         while line := await reader.readline():
-            message = orjson.loads(line)
-            if "all" in message:
-                asyncio.create_task(self._fan_out(writer, message["id"], message["all"]))
-            elif (future := worker.pending.pop(message["id"], None)) is not None and not future.done():
-                future.set_result(message["reply"])
+            message = control.read(line)
+            if message.kind == control.ALL:
+                asyncio.create_task(self._fan_out(writer, message.ident, message.body))
+            elif (future := worker.pending.pop(message.ident, None)) is not None and not future.done():
+                future.set_result(message.body)
         worker.writer = None
         for future in worker.pending.values():  # it hung up: nothing more will come from it
             if not future.done():
@@ -236,14 +229,14 @@ class Supervisor:
             self.replay.pop(call["name"], None)
             self.replay[call["name"]] = call
         if not asker.is_closing():
-            asker.write(encode({"id": ident, "replies": replies}))
+            asker.write(control.message(control.REPLIES, replies, ident))
 
     async def _ask(self, worker: Worker, call: dict) -> dict:
         if worker.writer is None or worker.writer.is_closing():
             return {ABSENT: worker.slot}
         self._ids += 1
         future = worker.pending[self._ids] = asyncio.get_running_loop().create_future()
-        worker.writer.write(encode({"id": self._ids, "call": call}))
+        worker.writer.write(control.message(control.CALL, call, self._ids))
         return await future
 
 

@@ -7,10 +7,12 @@ Prometheus multiprocess directory is the test's own, so it can see which worker 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -176,3 +178,42 @@ async def in_flight(client: httpx.AsyncClient) -> float:
     text = (await client.get("/metrics")).text
     found = re.search(r"^vae_requests_in_flight (\S+)$", text, re.MULTILINE)
     return float(found.group(1)) - 1 if found else 0.0  # less the scrape itself
+
+
+def test_a_killed_supervisor_leaves_no_process_and_no_port_behind(tmp_path):
+    """SIGKILL the supervisor: its workers see the control line close, drain and exit; the forkserver
+    and resource tracker follow them, the port is free, and readiness never hangs meanwhile."""
+    server, url = start_server(ROOT / "models", tmp_path / "server.log", workers=WORKERS)
+    group = server.process.pid  # the server runs in a session of its own: every process of it
+    try:
+        assert fresh(url, "GET", "/health/ready").status_code == 200
+        os.kill(group, signal.SIGKILL)
+        server.process.wait(timeout=10)
+        deadline, statuses = time.monotonic() + 20, []
+        while time.monotonic() < deadline and _group_alive(group):
+            with contextlib.suppress(httpx.ConnectError):  # refused once the port closed; a hang fails the test
+                statuses.append(httpx.get(f"{url}/health/ready", timeout=5).status_code)
+            time.sleep(0.1)
+        assert not _group_alive(group), f"left running: {_group_pids(group)}"
+        assert set(statuses) <= {200, 503}
+        with socket.socket() as probe:  # the port is free for a restarted server
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", server.port))
+        assert "the supervisor closed its control connection; draining" in server.log_path.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+
+
+def _group_pids(group: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group and fields[0] != "Z":  # the process group, and not a zombie
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+def _group_alive(group: int) -> bool:
+    return bool(_group_pids(group))

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 
 from service import workers
+from service.control import ABSENT
 from service.errors import UnknownModel
 from service.metrics import GraphStats, merge_reports
 from service.peers import LocalPeers, answer, cluster_not_ready, raise_errors
 from service.settings import Settings
-from service.workers import ABSENT
 
 
 def test_the_cpu_limit_of_a_cgroup_bounds_the_usable_cores(tmp_path, monkeypatch):
