@@ -47,6 +47,12 @@ class TooLarge(InvalidInput):
     kind = "too_large"
 
 
+class BodyTooLarge(ServiceError):
+    """The body is over VAE_MAX_BODY_BYTES: refused before it is read whole (OIP says 413 too)."""
+
+    status = 413
+
+
 class Unauthorized(ServiceError):
     status = 401
 

@@ -81,8 +81,7 @@ def handled(method):
         self.state.lifecycle.calls_in_flight += 1
         with traced as span:
             try:
-                if self.state.lifecycle.draining and name not in ALWAYS_OPEN:
-                    raise ServiceUnavailable("shutting down: retry on another replica")
+                self.state.lifecycle.admit(probe=name in ALWAYS_OPEN)
                 return await method(self, request, context)
             except ServiceError as exc:
                 code = CODES.get(exc.oip_status or exc.status, grpc.StatusCode.UNKNOWN)

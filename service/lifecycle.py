@@ -13,9 +13,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import ClientGone
+from .errors import ClientGone, ServiceUnavailable
 
 T = TypeVar("T")
+
+
+SHUTTING_DOWN = "shutting down: retry on another replica"
+GRACE_OVER = "shutting down: the grace period ran out"
 
 
 @dataclass
@@ -23,6 +27,12 @@ class Lifecycle:
     draining: bool = False
     begin_drain: Callable[[], None] | None = None  # set by the server that runs the app: the SIGTERM drain
     calls_in_flight: int = 0  # gRPC calls being handled: the drain waits for them as for HTTP requests
+
+    def admit(self, probe: bool) -> None:
+        """While draining, only probes (health, metrics) are answered; every other request or call is
+        refused with 503 and Retry-After, whichever transport it came on."""
+        if self.draining and not probe:
+            raise ServiceUnavailable(SHUTTING_DOWN, headers={"Retry-After": "1"})
 
 
 async def _disconnected(receive) -> None:

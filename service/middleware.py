@@ -10,9 +10,9 @@ import random
 import re
 import time
 
-import orjson
-
-from .lifecycle import Lifecycle
+from .answer import send_answer
+from .errors import BodyTooLarge, ServiceUnavailable, render
+from .lifecycle import GRACE_OVER, Lifecycle
 from .logs import request_id
 from .metrics import Metrics
 from .tracing import describe_answer, server_span
@@ -61,15 +61,18 @@ class RequestMiddleware:
 
         self.metrics.in_flight.inc()
         try:
-            if self.lifecycle.draining and not scope["path"].startswith(ALWAYS_OPEN):
-                await _read_to_the_end(receive)  # a client still uploading reads the answer, not a reset
-                await _reject(send_with_id, 503, "shutting down: retry on another replica", [(b"retry-after", b"1")])
-            else:
+            self.lifecycle.admit(probe=scope["path"].startswith(ALWAYS_OPEN))
+        except ServiceUnavailable as refused:
+            await _read_to_the_end(receive)  # a client still uploading reads the answer, not a reset
+            await send_answer(send_with_id, render(scope["path"], refused))
+        else:
+            try:
                 await self.app(scope, receive, send_with_id)
-        except asyncio.CancelledError:
-            if self.lifecycle.draining and not answering:  # cut off at the end of the grace: say so, not 500
-                await _reject(send_with_id, 503, "shutting down: the grace period ran out", [(b"retry-after", b"1")])
-            raise
+            except asyncio.CancelledError:
+                if self.lifecycle.draining and not answering:  # cut off at the end of the grace: say so, not 500
+                    cut_off = ServiceUnavailable(GRACE_OVER, headers={"Retry-After": "1"})
+                    await send_answer(send_with_id, render(scope["path"], cut_off))
+                raise
         finally:
             self.metrics.in_flight.dec()
             route = scope.get("route")
@@ -123,18 +126,6 @@ async def _read_to_the_end(receive) -> None:
             return
 
 
-async def _reject(send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    body = orjson.dumps({"detail": detail})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 class BodyLimitMiddleware:
     """413 for a body over ``max_bytes``: by Content-Length up front, or while it streams in.
 
@@ -150,7 +141,7 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(send)
+            return await self._reject(scope, send)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -159,7 +150,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                return await self._reject(send)
+                return await self._reject(scope, send)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -174,5 +165,6 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, send):
-        await _reject(send, 413, f"request body too large: the limit is {self.max_bytes} bytes")
+    async def _reject(self, scope, send):
+        refused = BodyTooLarge(f"request body too large: the limit is {self.max_bytes} bytes (VAE_MAX_BODY_BYTES)")
+        await send_answer(send, render(scope["path"], refused))

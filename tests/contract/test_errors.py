@@ -122,6 +122,14 @@ def test_oversized_body_is_413(client):
     assert response.status_code == 413 and "too large" in response.json()["detail"]
 
 
+def test_oversized_body_on_the_inference_protocol_is_413_in_its_shape(client):
+    """An OIP client reads every error as {"error": ...}: the body limit's 413 too."""
+    big = b"0" * (4 * 1024 * 1024 + 1)
+    response = client.post("/v2/models/fashion-mnist-decoder/infer", content=big)
+    assert response.status_code == 413 and set(response.json()) == {"error"}
+    assert "too large" in response.json()["error"] and "VAE_MAX_BODY_BYTES" in response.json()["error"]
+
+
 def test_oversized_chunked_body_is_413(server):
     """A body streamed in chunks, with no Content-Length: the limit holds while it arrives."""
 
