@@ -56,11 +56,11 @@ def score(model, cfg, splits, samples: int) -> dict:
 def ablate(args: argparse.Namespace) -> dict:
     import torch
 
-    from training import export, train
+    from training import served, train
     from training.model import VAE
 
     torch.set_num_threads(args.threads)
-    cfg, start, _ = export.load_served_model(args.init_from)
+    cfg, start, _ = served.load_served_model(args.init_from)
     splits = train.load_data(cfg)
     splits = dataclasses.replace(splits, test=splits.test[: args.test_images])
     rows = [{"arm": "start", "weights": "served", "epochs": 0, "train_seconds": 0.0,

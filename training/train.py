@@ -18,6 +18,7 @@ from . import distributed, objective
 from .config import Config, ConfigError
 from .data import Splits, binarize_dynamic, binarize_static, load_splits
 from .model import VAE
+from .served import load_served_model
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +203,6 @@ def _start(cfg: Config, run_dir: Path, resume: bool, command: str | None) -> Run
 def warm_start(model: VAE, cfg: Config) -> dict:
     """Start from a served model's weights (``train.init_from``), whose model config must be this
     run's. Returns what the manifest keeps of that model, so its provenance outlives its folder."""
-    from .export import load_served_model  # export builds on this module
-
     source = Path(cfg.train.init_from)
     source_cfg, source_model, manifest = load_served_model(source)
     mine, theirs = cfg.model, source_cfg.model

@@ -7,7 +7,7 @@ import torch
 
 from benchmarks import onnx_iwae
 from benchmarks.recipe import decoder_rows_per_second
-from training import export, train
+from training import served, train
 
 MODEL = onnx_iwae.ROOT / "models" / "fashion-mnist"
 
@@ -17,7 +17,7 @@ def test_the_graphs_iwae_agrees_with_the_training_evaluation():
     the objective, with their own ε: per-image means agree within the estimators' noise."""
     x = onnx_iwae.test_images(MODEL)[:40]
     from_graphs = onnx_iwae.log_likelihoods(MODEL, x, samples=200, rows=20, seed=0)
-    cfg, model, _ = export.load_served_model(MODEL)
+    cfg, model, _ = served.load_served_model(MODEL)
     from_torch = train.evidence_over(model, torch.from_numpy(x), samples=200, rows=20, seed=1, device="cpu")
     per_image = from_graphs - from_torch["log_likelihood"].numpy()
     assert np.abs(per_image).mean() < 1.0  # each a noisy estimate: a nat apart at most on average

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from training import export, train
+from training import export, served, train
 from training.config import Config
 
 
@@ -176,8 +176,8 @@ def test_a_run_starts_from_a_served_models_weights(tmp_path, exported):
     cfg = load_config("fashion-mnist", [*TINY, "train.epochs=1", f"train.init_from={model_dir}"])
     model = train.make_model(cfg)
     origin = train.warm_start(model, cfg)
-    served = export.load_served_model(model_dir)[1].state_dict()
-    assert all(torch.equal(model.state_dict()[k], served[k]) for k in served)
+    weights = served.load_served_model(model_dir)[1].state_dict()
+    assert all(torch.equal(model.state_dict()[k], weights[k]) for k in weights)
     assert origin["weights_sha256"] == manifest["weights"]["sha256"] and origin["command"] == "pytest"
     assert origin["test_nll"] == manifest["metrics"]["test_nll"]
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
-from . import wire
 from .errors import Timeout, VaeError, from_response
 from .images import Images, batch
+from .wire import JSON, NPY, NPZ, arrays, npy
 
 
 @dataclass(frozen=True)
@@ -87,21 +87,21 @@ class _Calls:
         options = _clean(options)
         if self.binary:
             params = {k: str(v).lower() if isinstance(v, bool) else v for k, v in options.items()}
-            return Call("POST", path, read, params=params, content=wire.npy(x),
-                        headers={"content-type": wire.NPY, "accept": wire.NPZ})  # fmt: skip
+            return Call("POST", path, read, params=params, content=npy(x),
+                        headers={"content-type": NPY, "accept": NPZ})  # fmt: skip
         return Call("POST", path, read, json={"inputs": x.tolist(), **options})
 
     def _sample(self, n: int, seed: int | None, temperature: float, model: str | None) -> Call:
         def read(response):
             if self.binary:
-                a = wire.arrays(response.content, response.headers["content-type"])
+                a = arrays(response.content, response.headers["content-type"])
                 return Samples(a["images"], a["latents"], int(response.headers["x-seed"]), response.headers["x-model"])
             body = response.json()
             return Samples(np.asarray(body["images"], np.float32), np.asarray(body["latents"], np.float32),
                            body["seed"], body["model"])  # fmt: skip
 
         body = _clean({"n": n, "seed": seed, "temperature": temperature, "model": model})
-        return Call("POST", "/sample", read, json=body, headers={"accept": wire.NPZ if self.binary else wire.JSON})
+        return Call("POST", "/sample", read, json=body, headers={"accept": NPZ if self.binary else JSON})
 
     def _encode(self, images: Images, samples: int, seed: int | None, model: str | None) -> Call:
         def read(response):
@@ -118,8 +118,8 @@ class _Calls:
             return self._arrays(response)["images"]
 
         if self.binary:
-            return Call("POST", "/decode", read, params=_clean({"model": model}), content=wire.npy(z),
-                        headers={"content-type": wire.NPY, "accept": wire.NPZ})  # fmt: skip
+            return Call("POST", "/decode", read, params=_clean({"model": model}), content=npy(z),
+                        headers={"content-type": NPY, "accept": NPZ})  # fmt: skip
         return Call("POST", "/decode", read, json=_clean({"latents": z.tolist(), "model": model}))
 
     def _elbo(self, images: Images, samples: int, seed: int | None, model: str | None) -> Call:
@@ -147,7 +147,7 @@ class _Calls:
     def _arrays(self, response: httpx.Response) -> dict:
         """An answer's arrays by name: from NPZ, or JSON lists as float32 arrays."""
         if self.binary:
-            return wire.arrays(response.content, response.headers["content-type"])
+            return arrays(response.content, response.headers["content-type"])
         body = response.json()
         out = {}
         for name, value in body.items():
