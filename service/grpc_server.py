@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from . import __version__, oip_service, rules
+from . import __version__, oip_service
 from .errors import ModelUnavailable, ServiceError, ServiceUnavailable, UnknownModel
 from .grpc_messages import infer_request_of, infer_response_of, parameter_keys
 from .logs import request_id
@@ -174,28 +174,26 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @handled
     async def ModelStatistics(self, request, context):
-        rules.authorize(metadata_of(context), self.state.settings.api_key_list)
-        reports = await oip_service.statistics(self.state, request.name or None, request.version or None)
+        reports = await oip_service.statistics(
+            self.state, metadata_of(context), request.name or None, request.version or None
+        )
         stats = [json_format.ParseDict(r, service_pb2.ModelStatistics(), ignore_unknown_fields=True) for r in reports]
         return service_pb2.ModelStatisticsResponse(model_stats=stats)
 
     @handled
     async def RepositoryIndex(self, request, context):
-        rules.authorize_admin(metadata_of(context), self.state.settings.admin_key_list)
-        entries = oip_service.repository_index(self.state, request.ready)
+        entries = oip_service.repository_index(self.state, metadata_of(context), request.ready)
         index = [json_format.ParseDict(e, service_pb2.RepositoryIndexResponse.ModelIndex()) for e in entries]
         return service_pb2.RepositoryIndexResponse(models=index)
 
     @handled
     async def RepositoryModelLoad(self, request, context):
-        rules.authorize_admin(metadata_of(context), self.state.settings.admin_key_list)
-        await oip_service.load(self.state, request.model_name, parameter_keys(request.parameters))
+        await oip_service.load(self.state, metadata_of(context), request.model_name, parameter_keys(request.parameters))
         return service_pb2.RepositoryModelLoadResponse()
 
     @handled
     async def RepositoryModelUnload(self, request, context):
-        rules.authorize_admin(metadata_of(context), self.state.settings.admin_key_list)
-        await oip_service.unload(self.state, request.model_name)
+        await oip_service.unload(self.state, metadata_of(context), request.model_name)
         return service_pb2.RepositoryModelUnloadResponse()
 
 

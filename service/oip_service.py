@@ -56,8 +56,11 @@ async def model_ready(state, name: str, version: str | None = None) -> None:
         raise ServiceUnavailable(f"model {name!r} is not ready: {problem}")
 
 
-async def statistics(state, name: str | None = None, version: str | None = None) -> list[dict]:
-    """Triton's statistics of one graph (or of every graph), summed over every worker process."""
+async def statistics(
+    state, headers: Mapping[str, str], name: str | None = None, version: str | None = None
+) -> list[dict]:
+    """Triton's statistics of one graph (or of every graph), summed over every worker process (API key)."""
+    rules.authorize(headers, state.settings.api_key_list)
     if name is not None:
         find_graph(state.registry, name, version)
     replies = raise_errors(await state.peers.all({"op": "stats"}))
@@ -100,9 +103,11 @@ async def infer(
 
 
 # ---- the model repository extension (admin key; load and unload in explicit mode only) -------------
+# Each operation checks its key itself, first: every transport gets the same rule from the same place.
 
 
-def repository_index(state, ready_only: bool) -> list[dict]:
+def repository_index(state, headers: Mapping[str, str], ready_only: bool) -> list[dict]:
+    rules.authorize_admin(headers, state.settings.admin_key_list)
     entries = [e for e in state.registry.entries.values() if e.state == READY or not ready_only]
     return [
         {"name": e.name, "version": e.version or "", "state": STATES.get(e.state, "UNAVAILABLE")}
@@ -117,9 +122,10 @@ def _explicit(state, action: str) -> None:
         raise Conflict(f"{action} is for VAE_MODEL_CONTROL=explicit; in {mode!r} mode the repository folder decides")
 
 
-async def load(state, name: str, parameters: Mapping) -> None:
+async def load(state, headers: Mapping[str, str], name: str, parameters: Mapping) -> None:
     """Load (or swap to) the newest version of ``name`` on every worker process; returns when all of
     them serve it. A model loads from its folder: Triton's config and file overrides are refused."""
+    rules.authorize_admin(headers, state.settings.admin_key_list)
     overrides = [key for key in parameters if key == "config" or key.startswith("file:")]
     if overrides:
         raise InvalidInput(f"{', '.join(overrides)}: a model loads from its folder here; copy the files there instead")
@@ -132,7 +138,8 @@ async def load(state, name: str, parameters: Mapping) -> None:
             raise InvalidInput(f"failed to load {name!r} version {refused['version']}: {refused['reason']}")
 
 
-async def unload(state, name: str) -> None:
+async def unload(state, headers: Mapping[str, str], name: str) -> None:
     """Stop serving ``name`` on every worker process (its queued requests finish first)."""
+    rules.authorize_admin(headers, state.settings.admin_key_list)
     _explicit(state, "unload")
     raise_errors(await state.peers.all({"op": "unload", "name": name}))

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
-from .. import __version__, oip_service, rules
+from .. import __version__, oip_service
 from ..answer import Answer
 from ..arrays import NumpyJSONResponse
 from ..errors import OIP_PREFIX
@@ -35,13 +35,6 @@ def _registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-async def require_api_key(request: Request) -> None:
-    rules.authorize(request.headers, request.app.state.settings.api_key_list)
-
-
-KEYED = [Depends(require_api_key)]
-
-
 @router.get("", summary="server metadata: name, version, extensions")
 async def server_metadata() -> dict:
     return {"name": "vae-serve", "version": __version__, "extensions": EXTENSIONS}
@@ -60,9 +53,9 @@ async def server_ready(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.get("/models/stats", summary="statistics of every model", dependencies=KEYED)
+@router.get("/models/stats", summary="statistics of every model")
 async def all_stats(request: Request) -> dict:
-    return {"model_stats": await oip_service.statistics(request.app.state)}
+    return {"model_stats": await oip_service.statistics(request.app.state, request.headers)}
 
 
 @router.get("/models/{name}", summary="model metadata: inputs and outputs with datatypes and shapes")
@@ -83,10 +76,10 @@ async def model_ready(name: ModelName, request: Request, version: str | None = N
     return Response(status_code=200)
 
 
-@router.get("/models/{name}/stats", summary="Triton-style inference statistics", dependencies=KEYED)
-@router.get("/models/{name}/versions/{version}/stats", summary="statistics of one version", dependencies=KEYED)
+@router.get("/models/{name}/stats", summary="Triton-style inference statistics")
+@router.get("/models/{name}/versions/{version}/stats", summary="statistics of one version")
 async def model_stats(name: ModelName, request: Request, version: str | None = None) -> dict:
-    return {"model_stats": await oip_service.statistics(request.app.state, name, version)}
+    return {"model_stats": await oip_service.statistics(request.app.state, request.headers, name, version)}
 
 
 @router.post("/models/{name}/infer", summary="inference, with JSON or binary tensors")

@@ -11,25 +11,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
-from .. import oip_service, rules
+from .. import oip_service
 from ..arrays import NumpyJSONResponse, parse_json
 from ..errors import OIP_PREFIX, InvalidInput
 
 Name = Annotated[str, Path(description="a model folder of the repository", examples=["fashion-mnist"])]
 
 
-async def require_admin_key(request: Request) -> None:
-    rules.authorize_admin(request.headers, request.app.state.settings.admin_key_list)
-
-
 router = APIRouter(
     prefix=f"{OIP_PREFIX}/repository",
     tags=["model repository (Triton's extension)"],
     default_response_class=NumpyJSONResponse,
-    dependencies=[Depends(require_admin_key)],
 )
 
 
@@ -50,17 +45,17 @@ async def index(request: Request) -> list[dict]:
     ready_only = (await _body(request)).get("ready", False)
     if not isinstance(ready_only, bool):
         raise InvalidInput(f"'ready' must be true or false, got {ready_only!r}")
-    return oip_service.repository_index(request.app.state, ready_only)
+    return oip_service.repository_index(request.app.state, request.headers, ready_only)
 
 
 @router.post("/models/{name}/load", summary="load (or swap to) the newest version of a model folder")
 async def load(name: Name, request: Request) -> Response:
-    await oip_service.load(request.app.state, name, (await _body(request))["parameters"])
+    await oip_service.load(request.app.state, request.headers, name, (await _body(request))["parameters"])
     return Response(status_code=200)
 
 
 @router.post("/models/{name}/unload", summary="stop serving a model (its queued requests finish first)")
 async def unload(name: Name, request: Request) -> Response:
     await _body(request)  # unload_dependents: a model here has none
-    await oip_service.unload(request.app.state, name)
+    await oip_service.unload(request.app.state, request.headers, name)
     return Response(status_code=200)
