@@ -68,7 +68,7 @@ def create_app(
         warm_up = asyncio.create_task(asyncio.to_thread(registry.warm_up)) if settings.warmup else None
         if warm_up is None:
             registry.ready = True
-        stop_watching = registry.watch()  # poll mode and SIGHUP: new versions load while serving
+        stop_watching = registry.watch(owner=peers.owns_repository)  # poll mode and SIGHUP: new versions load
         grpc_server = None
         if grpc and settings.grpc_port:
             from . import grpc_server as grpc_module  # grpcio only where gRPC is served

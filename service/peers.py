@@ -51,6 +51,9 @@ async def answer(state, call: dict) -> dict:
             return {"entry": (await registry.load(call["name"])).describe()}
         if op == "unload":
             return {"entry": (await registry.unload(call["name"])).describe()}
+        if op == "rescan":  # the supervisor's poll or SIGHUP: every worker follows the folder together
+            await registry.rescan()
+            return {}
         if op == "drain":  # the supervisor's SIGTERM, as a call: a worker that got SIGTERM too drains once
             if not state.lifecycle.draining:
                 state.lifecycle.begin_drain()
@@ -91,6 +94,7 @@ class LocalPeers:
     """One process: the call is answered here."""
 
     first = True  # the process that counts what happens once per server (model loads)
+    owns_repository = True  # it rescans the folder itself (poll mode, SIGHUP)
 
     def __init__(self) -> None:
         self.state = None
@@ -113,6 +117,8 @@ class WorkerLink:
     On joining it applies the loads and unloads every other worker has applied (the supervisor
     keeps them), so a replacement serves what the others serve before it reports ready.
     """
+
+    owns_repository = False  # the supervisor decides when the workers rescan
 
     def __init__(self, path: str, slot: int) -> None:
         self.path, self.slot = path, slot

@@ -199,12 +199,14 @@ class Registry:
             for item in found.values():
                 await self._apply(item)
 
-    def watch(self) -> Callable[[], None]:
+    def watch(self, owner: bool = True) -> Callable[[], None]:
         """Rescans while serving: every VAE_MODEL_POLL_S in poll mode, and on SIGHUP in none and poll
-        modes (as daemons reload). Returns what stops them."""
+        modes (as daemons reload). Returns what stops them. A worker of several is not the
+        ``owner``: the supervisor decides when every worker rescans (``service.workers``), so the
+        workers never follow the folder each on its own clock."""
         loop = asyncio.get_running_loop()
         tasks: set[asyncio.Task] = set()
-        mode = self.settings.model_control
+        mode = self.settings.model_control if owner else "explicit"
 
         def rescan_now() -> None:
             task = loop.create_task(self._rescan_logged("SIGHUP"))

@@ -138,11 +138,13 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._drain)
         loop.add_signal_handler(signal.SIGINT, lambda: self._forward(signal.SIGINT, drain=True))
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._forward(signal.SIGHUP))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._rescan("SIGHUP"))
         host, port = sock.getsockname()[:2]
         log.info("supervisor %d: %d workers on http://%s:%d", os.getpid(), self.count, host, port)
         for slot in range(self.count):
             self._spawn(slot, sock, str(control))
+        if self.settings.model_control == "poll":
+            poll = asyncio.create_task(self._poll())
         while self.workers:
             await asyncio.sleep(CHECK_EVERY_S)
             for worker in list(self.workers.values()):
@@ -155,6 +157,8 @@ class Supervisor:
                     log.warning("worker %d (pid %d) exited with code %s; starting a replacement",
                                 worker.slot, worker.process.pid, worker.process.exitcode)  # fmt: skip
                     self._spawn(worker.slot, sock, str(control))
+        if self.settings.model_control == "poll":
+            poll.cancel()
         if self._connections:  # each ends at its worker's EOF: let them read it, not be cancelled
             await asyncio.wait(self._connections, timeout=1)
         server.close()
@@ -222,12 +226,29 @@ class Supervisor:
             if not future.done():
                 future.set_result({ABSENT: worker.slot})
 
-    async def _fan_out(self, asker: asyncio.StreamWriter, ident: int, call: dict) -> None:
-        """``call`` on every worker; the replies, in slot order, back to the worker that asked."""
-        replies = await asyncio.gather(*(self._ask(w, call) for w in sorted(self.workers.values(), key=_slot)))
-        if call["op"] in ("load", "unload") and all("error" not in r for r in replies if ABSENT not in r):
+    async def _poll(self) -> None:
+        """Poll mode: every VAE_MODEL_POLL_S, every worker rescans the folder at once (one owner of
+        the clock: the workers never follow the folder each on its own)."""
+        while not self.draining:
+            await asyncio.sleep(self.settings.model_poll_s)
+            await self._everyone({"op": "rescan"})
+
+    def _rescan(self, why: str) -> None:
+        if self.settings.model_control in ("none", "poll") and not self.draining:
+            log.info("%s: every worker rescans %s", why, self.settings.model_dir)
+            asyncio.get_running_loop().create_task(self._everyone({"op": "rescan"}))
+
+    async def _everyone(self, call: dict) -> list[dict]:
+        """``call`` on every worker, the replies in slot order. A load or unload is kept for workers
+        that join later from the moment it is sent, so one that joins while it runs applies it too."""
+        if call["op"] in ("load", "unload"):
             self.replay.pop(call["name"], None)
             self.replay[call["name"]] = call
+        return await asyncio.gather(*(self._ask(w, call) for w in sorted(self.workers.values(), key=_slot)))
+
+    async def _fan_out(self, asker: asyncio.StreamWriter, ident: int, call: dict) -> None:
+        """``call`` on every worker; the replies, in slot order, back to the worker that asked."""
+        replies = await self._everyone(call)
         if not asker.is_closing():
             asker.write(control.message(control.REPLIES, replies, ident))
 
