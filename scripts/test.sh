@@ -21,7 +21,7 @@ command -v kubectl >/dev/null || missing+=(kubernetes-client)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q -e '.[train,dev,bench,deploy]' -e ./clients/python
+.venv/bin/python -m pip install -q -e '.[train,dev,bench,deploy,score]' -e ./clients/python
 # Lint and format first: a violation fails the run before any test.
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -2,7 +2,8 @@
 with more than one worker (``VAE_WORKERS``), a supervisor of N of them (``service.workers``).
 
 Only the settings and the supervisor are imported here: a supervisor never loads a model, and
-each worker imports the app itself.
+each worker imports the app itself. ``vae-serve score`` (``service.score``) scores a dataset in
+this process, with no server.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from .workers import Supervisor, default_workers
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="vae-serve", description="Serve the VAE models in VAE_MODEL_DIR over HTTP.")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["score"]:  # offline: a dataset through the same graphs, no server
+        from .score import main as score  # here: a supervisor never imports onnxruntime
+
+        return score(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="vae-serve",
+        description="Serve the VAE models in VAE_MODEL_DIR over HTTP (`vae-serve score --help`: score a dataset).",
+    )
     parser.add_argument("--host", help="bind address (VAE_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="bind port (VAE_PORT, default 8000)")
     parser.add_argument("--model-dir", help="folder of models/<name>/ (VAE_MODEL_DIR, default models)")

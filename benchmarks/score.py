@@ -1,0 +1,106 @@
+"""``python -m benchmarks.score``: offline scoring of a dataset, three ways, in one run.
+
+The same images (binarized noise of the model's shape, ``--rows`` of them, in an ``.npy``) scored
+for ``elbo`` with K = 1: the score graph alone in this process at its best batch size (the
+compute floor), ``vae-serve score`` (the whole command, start to summary), and the HTTP client
+(``vae_client``, NPY, batches of the server's request limit) against vae-serve with its defaults.
+Writes ``results/score.json`` and ``results/score.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .live import ROOT
+from .load import Peer, Server, python_command
+
+log = logging.getLogger("benchmarks.score")
+
+
+def inprocess(model_dir: Path, x: np.ndarray, batches=(64, 256, 1024, 4096), seconds: float = 3.0) -> dict:
+    """The score graph alone: rows/s at each batch size (ORT's default threads)."""
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    session = ort.InferenceSession(
+        str(model_dir / manifest["graphs"]["score"]["path"]), providers=["CPUExecutionProvider"]
+    )
+    rates = {}
+    for batch in batches:
+        feeds = {"x": x[:batch], "eps": np.zeros((1, batch, manifest["latent_dim"]), np.float32)}
+        session.run(None, feeds)
+        runs, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            session.run(None, feeds)
+            runs += 1
+        rates[batch] = runs * batch / elapsed
+    return rates
+
+
+def local(path: Path, out: Path, model: str) -> float:
+    started = time.perf_counter()
+    command = [*python_command("service"), "score", str(path), "--out", str(out), "--model", model, "--what", "elbo"]
+    subprocess.run(command, check=True, cwd=ROOT, capture_output=True, timeout=3600)
+    return time.perf_counter() - started
+
+
+def over_http(x: np.ndarray, model: str, log_dir: Path, batch: int) -> float:
+    from vae_client import Client
+
+    peer = Peer("vae-serve", python_command("service"), {"VAE_DEFAULT_MODEL": model})
+    with Server(peer, log_dir) as server, Client(server.url, timeout=300) as client:
+        client.elbo(x[:batch], seed=0)  # warm-up
+        started = time.perf_counter()
+        for start in range(0, len(x), batch):
+            client.elbo(x[start : start + batch], seed=0)
+        return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.score", description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=60_000)
+    parser.add_argument("--model", default="fashion-mnist")
+    parser.add_argument("--http-batch", type=int, default=1024, help="images per HTTP request (the server's limit)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    x = (np.random.default_rng(0).random((args.rows, 784)) < 0.3).astype(np.float32)
+    results: dict = {"rows": args.rows, "model": args.model}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "x.npy"
+        np.save(path, x.reshape(-1, 28, 28))
+        results["inprocess_rows_per_s"] = inprocess(ROOT / "models" / args.model, x)
+        log.info("in-process score graph: %s", {k: round(v) for k, v in results["inprocess_rows_per_s"].items()})
+        results["local_s"] = local(path, Path(folder) / "out", args.model)
+        log.info("vae-serve score: %.1f s", results["local_s"])
+        results["http_s"] = over_http(x, args.model, Path(folder), args.http_batch)
+        log.info("HTTP client: %.1f s", results["http_s"])
+    best = max(results["inprocess_rows_per_s"].values())
+    local_rate, http_rate = args.rows / results["local_s"], args.rows / results["http_s"]
+    results.update(local_rows_per_s=local_rate, http_rows_per_s=http_rate, best_inprocess_rows_per_s=best)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "score.json").write_text(json.dumps(results, indent=1))
+    lines = [
+        f"# Offline scoring: {args.rows:,} images, elbo with K = 1, model `{args.model}`", "",
+        "| path | rows/s | ÷ in-process best |", "|---|---|---|",
+        *(f"| score graph in process, batch {b} | {r:,.0f} | {r / best:.2f}× |"
+          for b, r in results["inprocess_rows_per_s"].items()),
+        f"| `vae-serve score` (whole command, start to summary) | {local_rate:,.0f} | {local_rate / best:.2f}× |",
+        f"| HTTP client (`vae_client`, NPY, {args.http_batch} a request) | {http_rate:,.0f} "
+        f"| {http_rate / best:.2f}× |",
+        "", f"`vae-serve score` ÷ the HTTP client: {local_rate / http_rate:.2f}×",
+    ]  # fmt: skip
+    (args.out / "score.md").write_text("\n".join(lines) + "\n")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

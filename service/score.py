@@ -1,0 +1,326 @@
+"""``vae-serve score``: a whole dataset scored offline, through the service's own runtime and rules.
+
+Reads a folder of images (recursively, any format Pillow reads), an ``.npy``/``.npz`` of images, or
+Parquet with an image column (encoded image bytes, or H·W·C numbers a row), and writes Parquet
+parts to ``--out``: each row's id and what was asked (``elbo`` and its terms with the IWAE
+log-likelihood over K samples, the calibrated ``anomaly`` score, percentile and flag, the
+``latent`` mean and log-variance). The graphs run in this process through ``ModelRuntime`` and its
+batchers, in large batches; nothing of the scoring is written here twice.
+
+Each image is scored as if it were its own request with ``--seed``: a row's numbers equal what
+``/elbo``, ``/anomaly`` and ``/encode`` answer for that image, seed and K. The input is cut into
+numbered chunks; a chunk's part (and the inputs it had to skip, with why) is written whole or not
+at all, so a run stopped at any point and started again with the same command continues where it
+was, and the output holds every row exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from . import arrays, rules
+from .errors import ServiceError
+from .manifest import ManifestError
+from .metrics import Metrics
+from .noise import Noise, draw
+from .runtime import ModelRuntime, load_model, requested_providers
+from .schemas import AnomalyOptions, ElboOptions
+from .settings import Settings
+
+log = logging.getLogger("service.score")
+
+WHAT = ("elbo", "anomaly", "latent")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+PART = "part-{:06d}.parquet"
+SKIPPED = "part-{:06d}.skipped.json"
+
+
+class ScoreError(Exception):
+    """A wrong model, input or option: the run stops at once with this one line."""
+
+
+@dataclass
+class Chunk:
+    index: int
+    ids: list[str]  # one per input, scored or skipped
+    images: list[np.ndarray | None]  # (H·W·C,) in [0, 1], or None where skipped
+    skipped: dict[str, str]  # id -> why
+
+
+# ---- reading ----------------------------------------------------------------------------------------
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image under ``folder``, in a stable order (the chunks of a resumed run are the same)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def decode_image(data: bytes | Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """An encoded image -> (H·W·C,) float32 in [0, 1], converted to the model's channels."""
+    h, w, c = shape
+    try:
+        with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as image:
+            if image.size != (w, h):
+                raise ValueError(f"image is {image.size[0]}×{image.size[1]}; the model takes {w}×{h}")
+            return np.asarray(arrays.to_mode(image, arrays.PNG_MODES[c]), np.float32).reshape(-1) / 255.0
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"not a readable image ({type(exc).__name__})") from None
+
+
+def checked_row(row: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """One image as numbers, by the service's own rules (shape, finite, in [0, 1])."""
+    try:
+        return arrays.images(np.asarray(row, np.float32)[None], shape, field="image")[0]
+    except ServiceError as exc:
+        raise ValueError(exc.message.removeprefix("image[0]: ")) from None
+
+
+def read_inputs(source: Path, shape: tuple[int, int, int], column: str) -> Iterator[tuple[str, object]]:
+    """(id, an image's bytes/path/array) for every input, in a stable order; a read error is the item."""
+    if source.is_dir():
+        for path in image_files(source):
+            yield str(path.relative_to(source)), path
+    elif source.suffix == ".npy":
+        for i, row in enumerate(np.load(source, mmap_mode="r")):
+            yield str(i), row
+    elif source.suffix == ".npz":
+        with np.load(source) as archive:
+            name = column if column in archive.files else archive.files[0]
+            for i, row in enumerate(archive[name]):
+                yield str(i), row
+    elif source.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(source)
+        if column not in table.schema_arrow.names:
+            raise ScoreError(f"{source}: no column {column!r} (it has {', '.join(table.schema_arrow.names)})")
+        i = 0
+        for batch in table.iter_batches(columns=[column]):
+            for value in batch.column(0).to_pylist():
+                yield str(i), value
+                i += 1
+    else:
+        raise ScoreError(f"{source}: expected a folder of images, an .npy, an .npz or a .parquet file")
+
+
+def as_image(item: object, shape: tuple[int, int, int]) -> np.ndarray:
+    if isinstance(item, Path | bytes):
+        return decode_image(item, shape)
+    if item is None:
+        raise ValueError("no image in this row")
+    return checked_row(np.asarray(item), shape)
+
+
+def chunks(source: Path, shape: tuple[int, int, int], column: str, size: int) -> Iterator[Chunk]:
+    """The inputs in numbered chunks of ``size``; an input that cannot be read is kept as skipped."""
+    chunk = Chunk(0, [], [], {})
+    for ident, item in read_inputs(source, shape, column):
+        try:
+            image = as_image(item, shape)
+        except ValueError as exc:
+            image, chunk.skipped[ident] = None, str(exc)
+        chunk.ids.append(ident)
+        chunk.images.append(image)
+        if len(chunk.ids) == size:
+            yield chunk
+            chunk = Chunk(chunk.index + 1, [], [], {})
+    if chunk.ids:
+        yield chunk
+
+
+# ---- scoring ----------------------------------------------------------------------------------------
+
+
+def per_image_noise(seed: int, samples: int, rows: int, latent_dim: int) -> np.ndarray:
+    """ε (K, B, Z) for B images each scored as its own request with ``seed``: the same draw for each."""
+    one = draw([Noise.of(seed, (samples, 1, latent_dim), axis=1)])  # (K, 1, Z)
+    return np.broadcast_to(one, (samples, rows, latent_dim))
+
+
+async def score_chunk(runtime: ModelRuntime, x: np.ndarray, args) -> dict[str, np.ndarray]:
+    """What was asked, per row of x (B, D), from the runtime's graphs."""
+    z = runtime.latent_dim
+    columns: dict[str, np.ndarray] = {}
+    if "elbo" in args.what:
+        out = await runtime.score(x, per_image_noise(args.seed, args.samples, len(x), z))
+        columns.update({name: out[name] for name in ("elbo", "reconstruction", "kl", "log_likelihood", "gap")})
+    if "anomaly" in args.what:
+        eps = per_image_noise(args.seed, args.anomaly_samples, len(x), z)
+        out = await runtime.anomaly(x, eps, args.threshold)
+        columns.update({"score": out["score"], "percentile": out["percentile"], "outlier": out["outlier"]})
+        columns.setdefault("log_likelihood", out["log_likelihood"])
+    if "latent" in args.what:
+        out = await runtime.encode(x, np.zeros((0, len(x), z), np.float32))
+        columns.update({"mean": out["mean"], "log_var": out["log_var"]})
+    return columns
+
+
+def write_part(out: Path, chunk: Chunk, columns: dict[str, np.ndarray]) -> int:
+    """The chunk's rows and its skipped inputs, each file written whole (a temporary name, then renamed)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kept = [i for i, image in enumerate(chunk.images) if image is not None]
+    data = {"id": pa.array([chunk.ids[i] for i in kept], pa.string())}
+    for name, values in columns.items():
+        values = np.asarray(values)
+        data[name] = pa.array(list(values)) if values.ndim == 2 else pa.array(values)
+    table = pa.table(data)
+    skipped = out / SKIPPED.format(chunk.index)
+    _atomic(skipped, json.dumps(chunk.skipped, indent=0).encode())
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    _atomic(out / PART.format(chunk.index), buffer.getvalue())  # last: its presence marks the chunk done
+    return len(kept)
+
+
+def _atomic(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+class Progress:
+    """One line on stderr, redrawn at most twice a second: rows, rows/s and the time left."""
+
+    def __init__(self, total: int | None, done: int = 0):
+        self.total, self.done, self.started, self.shown = total, done, time.perf_counter(), 0.0
+        self.start_done = done
+
+    def add(self, rows: int) -> None:
+        self.done += rows
+        now = time.perf_counter()
+        if now - self.shown >= 0.5 or (self.total is not None and self.done >= self.total):
+            self.shown = now
+            rate = (self.done - self.start_done) / max(now - self.started, 1e-9)
+            left = "" if not self.total or not rate else f", {_duration((self.total - self.done) / rate)} left"
+            total = f"/{self.total:,}" if self.total else ""
+            sys.stderr.write(f"\rscored {self.done:,}{total} inputs, {rate:,.0f} rows/s{left}   ")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
+
+
+def count_inputs(source: Path) -> int | None:
+    if source.is_dir():
+        return len(image_files(source))
+    if source.suffix == ".npy":
+        return len(np.load(source, mmap_mode="r"))
+    if source.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(source).metadata.num_rows
+    return None
+
+
+async def run(args) -> dict:
+    settings = Settings(model_dir=args.model_dir, max_batch_rows=args.batch_rows, warmup=False)
+    folder = settings.model_dir / args.model
+    if not (folder / "manifest.json").is_file():
+        found = sorted(p.parent.name for p in settings.model_dir.glob("*/manifest.json"))
+        raise ScoreError(f"no model {args.model!r} in {settings.model_dir} (models: {', '.join(found) or 'none'})")
+    rules.check_size(settings, 1, max(args.samples, args.anomaly_samples))  # the K limits a request has
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ort") as executor:
+        try:
+            runtime = load_model(args.model, folder, None, requested_providers(settings), settings,
+                                 Metrics(counts_model_events=False), executor)  # fmt: skip
+        except (ManifestError, OSError) as exc:
+            raise ScoreError(f"model {args.model!r}: {exc}") from None
+        if "anomaly" in args.what and runtime.manifest.anomaly is None:
+            raise ScoreError(f"model {args.model!r} has no anomaly calibration: score --what elbo,latent instead")
+        args.out.mkdir(parents=True, exist_ok=True)
+        summary = {"rows": 0, "skipped": 0, "outliers": 0, "resumed_chunks": 0}
+        progress = Progress(count_inputs(args.input))
+        try:
+            for chunk in chunks(args.input, runtime.image_shape, args.column, args.chunk_rows):
+                if (args.out / PART.format(chunk.index)).exists():  # done by an earlier start of this command
+                    summary["resumed_chunks"] += 1
+                    progress.add(len(chunk.ids))
+                    continue
+                kept = [image for image in chunk.images if image is not None]
+                columns = await score_chunk(runtime, np.stack(kept), args) if kept else {}
+                write_part(args.out, chunk, columns)
+                progress.add(len(chunk.ids))
+        finally:
+            progress.close()
+            await runtime.close()
+    return summarize(args.out, summary["resumed_chunks"])
+
+
+def summarize(out: Path, resumed_chunks: int = 0) -> dict:
+    """Rows, skipped inputs (with why) and outliers over every part written."""
+    import pyarrow.parquet as pq
+
+    rows = outliers = 0
+    skipped: dict[str, str] = {}
+    for part in sorted(out.glob("part-*.parquet")):
+        table = pq.read_table(part)
+        rows += table.num_rows
+        if "outlier" in table.column_names:
+            outliers += sum(table.column("outlier").to_pylist())
+        skipped.update(json.loads((out / part.name.replace(".parquet", ".skipped.json")).read_text()))
+    summary = {"rows": rows, "skipped": len(skipped), "outliers": outliers, "resumed_chunks": resumed_chunks}
+    (out / "skipped.json").write_text(json.dumps(skipped, indent=1))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vae-serve score", description=__doc__.splitlines()[0])
+    p.add_argument("input", type=Path, help="a folder of images, an .npy, an .npz or a .parquet file")
+    p.add_argument("--out", type=Path, required=True, help="a folder for the Parquet parts (kept to resume)")
+    p.add_argument("--model", default=Settings.model_fields["default_model"].default or "fashion-mnist")
+    p.add_argument("--model-dir", type=Path, default=Settings.model_fields["model_dir"].default)
+    p.add_argument("--what", default="elbo", help=f"comma list of {', '.join(WHAT)} (default elbo)")
+    p.add_argument("--samples", type=int, default=ElboOptions.model_fields["samples"].default,
+                   help="K importance samples for elbo's log_likelihood (as /elbo)")  # fmt: skip
+    p.add_argument("--anomaly-samples", type=int, default=AnomalyOptions.model_fields["samples"].default,
+                   help="K for the anomaly score (as /anomaly)")  # fmt: skip
+    p.add_argument("--threshold", type=float, default=AnomalyOptions.model_fields["threshold"].default)
+    p.add_argument("--seed", type=int, default=0, help="the seed each image is scored with (as a request's)")
+    p.add_argument("--column", default="image", help="the image column of a Parquet input (or an .npz array)")
+    p.add_argument("--chunk-rows", type=int, default=4096, help="inputs per Parquet part: the unit of resuming")
+    p.add_argument("--batch-rows", type=int, default=1024, help="graph rows per ONNX run")
+    return p
+
+
+def main(argv: list[str]) -> None:
+    args = parser().parse_args(argv)
+    args.what = [w.strip() for w in args.what.split(",") if w.strip()]
+    wrong = [w for w in args.what if w not in WHAT]
+    problems = [f"--what: {', '.join(wrong)} (choose from {', '.join(WHAT)})"] if wrong or not args.what else []
+    problems += [f"--{n.replace('_', '-')} must be ≥ 1" for n in ("samples", "anomaly_samples", "chunk_rows",
+                                                                  "batch_rows") if getattr(args, n) < 1]  # fmt: skip
+    problems += [f"{args.input}: no such file or folder"] if not args.input.exists() else []
+    problems += ["--seed must be ≥ 0"] if args.seed < 0 else []
+    if problems:
+        sys.exit(f"vae-serve score: {'; '.join(problems)}")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        summary = asyncio.run(run(args))
+    except (ScoreError, ServiceError) as exc:
+        sys.exit(f"vae-serve score: {getattr(exc, 'message', exc)}")
+    outliers = f", {summary['outliers']} outliers" if "anomaly" in args.what else ""
+    skipped = f" (listed in {args.out / 'skipped.json'})" if summary["skipped"] else ""
+    sys.stderr.write(f"{summary['rows']:,} rows scored, {summary['skipped']} skipped{skipped}{outliers}\n")
+
