@@ -323,4 +323,3 @@ def main(argv: list[str]) -> None:
     outliers = f", {summary['outliers']} outliers" if "anomaly" in args.what else ""
     skipped = f" (listed in {args.out / 'skipped.json'})" if summary["skipped"] else ""
     sys.stderr.write(f"{summary['rows']:,} rows scored, {summary['skipped']} skipped{skipped}{outliers}\n")
-
