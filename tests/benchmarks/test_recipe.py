@@ -12,6 +12,7 @@ from training import served, train
 MODEL = onnx_iwae.ROOT / "models" / "fashion-mnist"
 
 
+@pytest.mark.slow
 def test_the_graphs_iwae_agrees_with_the_training_evaluation():
     """Two estimators of the same log p(x), one numpy over the exported graphs and one torch over
     the objective, with their own ε: per-image means agree within the estimators' noise."""

@@ -133,6 +133,7 @@ def test_errors_are_typed(url):
             hasty.sample(1)
 
 
+@pytest.mark.slow
 def test_a_full_queue_is_retried_then_busy(url):
     """The queue holds 2048 score rows: 8 images × K=256 fills it, so concurrent requests get 503."""
     heavy = fashion(8) / 255.0

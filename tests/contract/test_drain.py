@@ -92,6 +92,7 @@ def finish(server) -> str:
     return server.log_path.read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_right_after_300_heavy_requests_are_sent(drain_server):
     """The failure seen in the field: 300 clients send /elbo (8 images, K=256); SIGTERM follows at once."""
     body = request_bytes("/elbo", {"inputs": images(8), "samples": 256, "seed": 0})
@@ -156,6 +157,7 @@ def test_keep_alive_connections_sending_a_second_request_during_the_drain_get_an
     finish(drain_server)
 
 
+@pytest.mark.slow
 def test_a_request_that_outlives_the_grace_period_is_cut_off_and_logged(tmp_path):
     """Its client never finishes sending: at the end of the grace it is cut off (a 503 where the
     answer can still be written), the process exits, and the log says how many."""

@@ -183,6 +183,7 @@ def test_health_and_reflection(stub):
     assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
 
 
+@pytest.mark.slow
 def test_sigterm_answers_the_calls_in_flight_and_refuses_new_ones(tmp_path):
     server, _ = start_server(ROOT / "models", tmp_path / "server.log", workers=2, max_concurrent_runs=1)
     target = f"127.0.0.1:{server.env['VAE_GRPC_PORT']}"
@@ -212,6 +213,7 @@ def test_sigterm_answers_the_calls_in_flight_and_refuses_new_ones(tmp_path):
         server.stop()
 
 
+@pytest.mark.slow
 def test_the_grpc_deadline_is_the_requests_deadline(stub, client):
     """Behind a long call, a call whose gRPC deadline it cannot meet is shed at once (UNAVAILABLE,
     saying when to retry), as an HTTP request with that X-Timeout-Ms is."""

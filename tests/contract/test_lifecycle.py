@@ -98,6 +98,7 @@ def reference(url: str, version: str) -> np.ndarray:
     return np.asarray(answer.json()["images"])
 
 
+@pytest.mark.slow
 def test_swapping_versions_through_the_repository_api_under_load_fails_no_request(repository, tmp_path):
     server, url = start(repository, tmp_path, model_control="explicit", admin_keys=ADMIN)
     try:
@@ -125,6 +126,7 @@ def test_swapping_versions_through_the_repository_api_under_load_fails_no_reques
         server.stop()
 
 
+@pytest.mark.slow
 def test_poll_mode_picks_up_versions_and_folders_and_drops_removed_ones(repository, tmp_path):
     server, url = start(repository, tmp_path, model_control="poll", model_poll_s=0.5)
     try:
@@ -244,6 +246,7 @@ def test_repository_bodies_are_read_as_triton_defines_them_and_bad_ones_are_400s
         server.stop()
 
 
+@pytest.mark.slow
 def test_without_admin_keys_the_repository_api_is_off_and_none_mode_refuses_load(repository, tmp_path):
     server, url = start(repository, tmp_path)
     try:
@@ -259,6 +262,7 @@ def test_without_admin_keys_the_repository_api_is_off_and_none_mode_refuses_load
         server.stop()
 
 
+@pytest.mark.slow
 def test_sighup_rescans_in_none_mode(repository, tmp_path):
     server, url = start(repository, tmp_path)
     try:
@@ -283,6 +287,7 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+@pytest.mark.slow
 def test_unloading_releases_the_memory_a_load_took(tmp_path):
     root = tmp_path / "models"
     shutil.copytree(SOURCE, root / "small")

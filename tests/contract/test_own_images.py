@@ -22,6 +22,8 @@ from training.__main__ import main as train_cli
 
 from .conftest import InProcessClient
 
+pytestmark = pytest.mark.slow  # trains three small models first (a module fixture)
+
 FAST = ["--epochs", "2", "--no-progress", "--set", "eval.iwae_samples=4", "--set", "model.latent_dim=4",
         "--set", "model.hidden=[8, 16]", "--set", "model.dense=32", "--set", "train.batch_size=32"]  # fmt: skip
 

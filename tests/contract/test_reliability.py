@@ -78,6 +78,7 @@ async def behind_a_heavy_request(url: str, make_requests):
         return await blocker, results
 
 
+@pytest.mark.slow
 def test_requests_that_cannot_meet_their_deadline_get_503_at_once_and_never_reach_ort(busy_server):
     rows_before = score_metric(busy_server, "vae_batch_rows_sum")
     shed_before = score_metric(busy_server, "vae_shed_requests_total", reason="late")
@@ -116,6 +117,7 @@ def test_oip_parameters_timeout_sheds_a_request_that_cannot_meet_it(busy_server)
     assert "parameters.timeout" in late.json()["error"] and "after its deadline" in late.json()["error"]
 
 
+@pytest.mark.slow
 def test_clients_that_disconnect_have_their_queued_work_cancelled(busy_server):
     dropped_before = score_metric(busy_server, "vae_dropped_requests_total", reason="cancelled")
     rows_before = score_metric(busy_server, "vae_batch_rows_sum")
@@ -136,6 +138,7 @@ def test_clients_that_disconnect_have_their_queued_work_cancelled(busy_server):
     assert score_metric(busy_server, "vae_batch_rows_sum") == rows_before + 40  # none of the 8 abandoned images ran
 
 
+@pytest.mark.slow
 def test_a_burst_far_over_capacity_gets_only_200s_and_503s(tmp_path):
     server, url = start_server(
         ROOT / "models", tmp_path / "server.log", max_concurrent_runs=1, max_queue_rows=2048, max_sample_rows=2048
@@ -165,6 +168,7 @@ def test_a_burst_far_over_capacity_gets_only_200s_and_503s(tmp_path):
         server.stop()
 
 
+@pytest.mark.slow
 def test_admission_is_all_or_nothing_so_refused_requests_cost_no_compute(tmp_path):
     """200 concurrent /elbo of 8 images × K=64 against a 2048-row queue: each request is 4 chunks of
     the score graph; a refused one leaves none of them behind, so the graph runs exactly the rows of
@@ -197,6 +201,7 @@ def test_contradicting_limits_are_refused_at_start(tmp_path):
     assert "VAE_MAX_SAMPLE_ROWS (4096) is above VAE_MAX_QUEUE_ROWS (2048)" in log.read_text()
 
 
+@pytest.mark.slow
 def test_a_burst_with_a_3_s_deadline_gets_no_504s_and_its_200s_within_the_deadline(tmp_path):
     """300 clients at once, each /elbo of 8 images × K=256 with X-Timeout-Ms: 3000, on default settings:
     what cannot finish in time is told so at once (503 + Retry-After) instead of timing out in the queue."""
@@ -212,6 +217,7 @@ def test_a_burst_with_a_3_s_deadline_gets_no_504s_and_its_200s_within_the_deadli
         server.stop()
 
 
+@pytest.mark.slow
 def test_sigterm_drains_hundreds_of_accepted_requests_then_exits_0(tmp_path):
     server, url = start_server(
         ROOT / "models",

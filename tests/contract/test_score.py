@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from .conftest import ROOT
@@ -55,6 +56,7 @@ def test_every_row_equals_what_the_api_answers_for_that_image_seed_and_k(client,
         np.testing.assert_allclose(table.column("log_var")[i].as_py(), encode["log_var"][0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_run_killed_midway_continues_where_it_was_and_writes_every_row_once(tmp_path):
     np.save(tmp_path / "x.npy", images(240, seed=1))
     args = [str(tmp_path / "x.npy"), "--what", "elbo", "--samples", "64", "--chunk-rows", "16", "--seed", "2"]
@@ -113,6 +115,7 @@ def test_parquet_with_an_image_column_is_read(tmp_path):
     assert rows(tmp_path / "a").num_rows == 3 and rows(tmp_path / "b").num_rows == 2
 
 
+@pytest.mark.slow
 def test_a_wrong_model_or_option_stops_at_once_with_one_line(tmp_path):
     np.save(tmp_path / "x.npy", images(2))
     for args, expected in (

@@ -141,6 +141,7 @@ def spans_in(messages: list[ExportTraceServiceRequest]) -> list:
     return [s for m in messages for r in m.resource_spans for ss in r.scope_spans for s in ss.spans]
 
 
+@pytest.mark.slow
 def test_traces_reach_a_real_otlp_receiver_configured_by_the_standard_variables(tmp_path, monkeypatch):
     bodies: list[bytes] = []
     receiver = start_sink(kept=bodies)  # each export's body, decoded below with opentelemetry-proto

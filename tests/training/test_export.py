@@ -116,6 +116,7 @@ def test_export_needs_a_checkpoint_then_an_evaluation(tmp_path, exported):
         export.export_model(trained, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_reexport_rebuilds_the_same_model_from_its_graphs(tmp_path, exported):
     """Weights, metrics and outputs survive a re-export; only the layout is the current one."""
     import shutil
@@ -141,6 +142,7 @@ def test_reexport_rebuilds_the_same_model_from_its_graphs(tmp_path, exported):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow
 def test_gaussian_model_exports_its_learned_sigma(tmp_path):
     from tests.training.conftest import TINY
     from training.config import load_config

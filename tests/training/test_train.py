@@ -68,6 +68,7 @@ def test_resume_refuses_a_different_config(tmp_path, tiny_config):
         train.fit(tiny_config("train.epochs=1", "train.lr=0.01"), tmp_path / "run", resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_evaluate_reports_the_theory_quantities(tmp_path, tiny_config):
     cfg = tiny_config("train.epochs=1")
     best = train.fit(cfg, tmp_path / "run", progress=False)
@@ -81,6 +82,7 @@ def test_evaluate_reports_the_theory_quantities(tmp_path, tiny_config):
     assert 0 <= metrics["active_units"] <= 4 and len(metrics["latent_activity"]) == 4
 
 
+@pytest.mark.slow
 def test_the_recipe_resumes_exactly_with_its_moving_average_and_k_draws(tmp_path, tiny_config, monkeypatch):
     """IWAE training (K = 4) and the weights' moving average: a run stopped after its second epoch
     and resumed ends bit for bit where the uninterrupted one does, average included."""
