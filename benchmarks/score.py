@@ -57,10 +57,10 @@ def over_http(x: np.ndarray, model: str, log_dir: Path, batch: int) -> float:
 
     peer = Peer("vae-serve", python_command("service"), {"VAE_DEFAULT_MODEL": model})
     with Server(peer, log_dir) as server, Client(server.url, timeout=300) as client:
-        client.elbo(x[:batch], seed=0)  # warm-up
+        client.elbo(x[:batch].reshape(-1, 28, 28), seed=0)  # warm-up
         started = time.perf_counter()
         for start in range(0, len(x), batch):
-            client.elbo(x[start : start + batch], seed=0)
+            client.elbo(x[start : start + batch].reshape(-1, 28, 28), seed=0)
         return time.perf_counter() - started
 
 

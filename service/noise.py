@@ -93,7 +93,8 @@ class Noise:
         return self.shape[0]
 
     def take(self, start: int, stop: int) -> Noise:
-        """Rows ``start:stop`` of this piece along the batch axis."""
+        """Rows ``start:stop`` of this piece along the batch axis (clamped to it, as slicing is)."""
+        start, stop = min(start, self.shape[self.axis]), min(stop, self.shape[self.axis])
         shape = list(self.shape)
         shape[self.axis] = stop - start
         return replace(self, shape=tuple(shape), start=self.start + start)

@@ -55,6 +55,26 @@ def test_a_piece_draws_what_it_draws_whole_and_among_others():
     assert not np.array_equal(mixed[:, :2], alone[:, :2])  # another seed, other values
 
 
+def test_taking_rows_past_the_end_stops_at_the_end_as_slicing_does():
+    noise = Noise.of(1, (2, 10, 3), axis=1)
+    assert noise.take(8, 16).shape == (2, 2, 3) and noise.take(12, 16).shape == (2, 0, 3)
+    np.testing.assert_array_equal(draw([noise.take(8, 16)]), draw([noise])[:, 8:16])
+
+
+def test_a_request_not_a_multiple_of_the_chunk_runs_whole():
+    """608 rows of K = 1 in chunks of 128: the last chunk is 96 rows, its noise too."""
+
+    async def main():
+        batcher = Batcher(lambda i: {"out": i["x"] + i["eps"][0]}, {"x": 0, "eps": 1, "out": 0}, max_batch_rows=128)
+        x = np.zeros((608, 3), np.float32)
+        result = await batcher.submit({"x": x, "eps": Noise.of(5, (1, 608, 3), axis=1)})
+        await batcher.close()
+        return result
+
+    result = asyncio.run(main())
+    np.testing.assert_array_equal(result["out"], draw([Noise.of(5, (1, 608, 3), axis=1)])[0])
+
+
 def test_a_scale_multiplies_its_own_rows_only():
     scaled = draw([Noise.of(3, (2, 4), axis=0, scale=0.5), Noise.of(3, (2, 4), axis=0)])
     np.testing.assert_array_equal(scaled[:2], scaled[2:] * np.float32(0.5))
