@@ -40,6 +40,7 @@ from .noise import Noise, draw
 from .runtime import ModelRuntime, load_model, requested_providers
 from .schemas import AnomalyOptions, ElboOptions
 from .settings import Settings
+from .workers import usable_cores
 
 log = logging.getLogger("service.score")
 
@@ -235,6 +236,9 @@ def count_inputs(source: Path) -> int | None:
 
 async def run(args) -> dict:
     settings = Settings(model_dir=args.model_dir, max_batch_rows=args.batch_rows, warmup=False)
+    if settings.ort_intra_op_threads == 0:  # the cores shared among the runs in flight, not each run all of them
+        threads = max(1, usable_cores() // settings.max_concurrent_runs)
+        settings = settings.model_copy(update={"ort_intra_op_threads": threads})
     folder = settings.model_dir / args.model
     if not (folder / "manifest.json").is_file():
         found = sorted(p.parent.name for p in settings.model_dir.glob("*/manifest.json"))
