@@ -2,7 +2,7 @@
 with more than one worker (``VAE_WORKERS``), a supervisor of N of them (``service.workers``).
 
 Only the settings and the supervisor are imported here: a supervisor never loads a model, and
-each worker imports the app itself. ``vae-serve score`` (``service.score``) scores a dataset in
+each worker imports the app itself. ``vae-serve score`` (``service.score_cli``) scores a dataset in
 this process, with no server.
 """
 
@@ -22,7 +22,7 @@ from .workers import Supervisor, default_workers
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["score"]:  # offline: a dataset through the same graphs, no server
-        from .score import main as score  # here: a supervisor never imports onnxruntime
+        from .score_cli import main as score  # here: a supervisor never imports onnxruntime
 
         return score(argv[1:])
     parser = argparse.ArgumentParser(

@@ -16,7 +16,6 @@ was, and the output holds every row exactly once.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import json
@@ -38,7 +37,6 @@ from .manifest import ManifestError
 from .metrics import Metrics
 from .noise import Noise, draw
 from .runtime import ModelRuntime, load_model, requested_providers
-from .schemas import AnomalyOptions, ElboOptions
 from .settings import Settings
 from .workers import usable_cores
 
@@ -234,41 +232,64 @@ def count_inputs(source: Path) -> int | None:
     return None
 
 
-async def run(args) -> dict:
-    settings = Settings(model_dir=args.model_dir, max_batch_rows=args.batch_rows, warmup=False)
-    if settings.ort_intra_op_threads == 0:  # the cores shared among the runs in flight, not each run all of them
-        threads = max(1, usable_cores() // settings.max_concurrent_runs)
-        settings = settings.model_copy(update={"ort_intra_op_threads": threads})
-    folder = settings.model_dir / args.model
-    if not (folder / "manifest.json").is_file():
-        found = sorted(p.parent.name for p in settings.model_dir.glob("*/manifest.json"))
-        raise ScoreError(f"no model {args.model!r} in {settings.model_dir} (models: {', '.join(found) or 'none'})")
-    rules.check_size(settings, 1, max(args.samples, args.anomaly_samples))  # the K limits a request has
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ort") as executor:
+class Scorer:
+    """The model's runtime on an event loop of its own: what the local run and each Ray actor score
+    with. ``score(x)`` answers what was asked for images x (B, D)."""
+
+    def __init__(self, args) -> None:
+        settings = Settings(model_dir=args.model_dir, max_batch_rows=args.batch_rows, warmup=False)
+        if settings.ort_intra_op_threads == 0:  # the cores shared among the runs in flight, not each run all
+            threads = max(1, usable_cores() // settings.max_concurrent_runs)
+            settings = settings.model_copy(update={"ort_intra_op_threads": threads})
+        folder = settings.model_dir / args.model
+        if not (folder / "manifest.json").is_file():
+            found = sorted(p.parent.name for p in settings.model_dir.glob("*/manifest.json"))
+            raise ScoreError(f"no model {args.model!r} in {settings.model_dir} (models: {', '.join(found) or 'none'})")
+        rules.check_size(settings, 1, max(args.samples, args.anomaly_samples))  # the K limits a request has
+        self.args, self.loop = args, asyncio.new_event_loop()
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ort")
         try:
-            runtime = load_model(args.model, folder, None, requested_providers(settings), settings,
-                                 Metrics(counts_model_events=False), executor)  # fmt: skip
+            self.runtime = load_model(args.model, folder, None, requested_providers(settings), settings,
+                                      Metrics(counts_model_events=False), self.executor)  # fmt: skip
         except (ManifestError, OSError) as exc:
+            self.close()
             raise ScoreError(f"model {args.model!r}: {exc}") from None
-        if "anomaly" in args.what and runtime.manifest.anomaly is None:
+        if "anomaly" in args.what and self.runtime.manifest.anomaly is None:
+            self.close()
             raise ScoreError(f"model {args.model!r} has no anomaly calibration: score --what elbo,latent instead")
-        args.out.mkdir(parents=True, exist_ok=True)
-        summary = {"rows": 0, "skipped": 0, "outliers": 0, "resumed_chunks": 0}
-        progress = Progress(count_inputs(args.input))
-        try:
-            for chunk in chunks(args.input, runtime.image_shape, args.column, args.chunk_rows):
-                if (args.out / PART.format(chunk.index)).exists():  # done by an earlier start of this command
-                    summary["resumed_chunks"] += 1
-                    progress.add(len(chunk.ids))
-                    continue
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.runtime.image_shape
+
+    def score(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return self.loop.run_until_complete(score_chunk(self.runtime, x, self.args))
+
+    def close(self) -> None:
+        if getattr(self, "runtime", None) is not None:
+            self.loop.run_until_complete(self.runtime.close())
+        self.loop.close()
+        self.executor.shutdown()
+
+
+def run(args) -> dict:
+    """The local run: chunk by chunk, each part written whole; parts already there are kept."""
+    scorer = Scorer(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    resumed = 0
+    progress = Progress(count_inputs(args.input))
+    try:
+        for chunk in chunks(args.input, scorer.image_shape, args.column, args.chunk_rows):
+            if (args.out / PART.format(chunk.index)).exists():  # done by an earlier start of this command
+                resumed += 1
+            else:
                 kept = [image for image in chunk.images if image is not None]
-                columns = await score_chunk(runtime, np.stack(kept), args) if kept else {}
-                write_part(args.out, chunk, columns)
-                progress.add(len(chunk.ids))
-        finally:
-            progress.close()
-            await runtime.close()
-    return summarize(args.out, summary["resumed_chunks"])
+                write_part(args.out, chunk, scorer.score(np.stack(kept)) if kept else {})
+            progress.add(len(chunk.ids))
+    finally:
+        progress.close()
+        scorer.close()
+    return summarize(args.out, resumed)
 
 
 def summarize(out: Path, resumed_chunks: int = 0) -> dict:
@@ -287,43 +308,3 @@ def summarize(out: Path, resumed_chunks: int = 0) -> dict:
     (out / "skipped.json").write_text(json.dumps(skipped, indent=1))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vae-serve score", description=__doc__.splitlines()[0])
-    p.add_argument("input", type=Path, help="a folder of images, an .npy, an .npz or a .parquet file")
-    p.add_argument("--out", type=Path, required=True, help="a folder for the Parquet parts (kept to resume)")
-    p.add_argument("--model", default=Settings.model_fields["default_model"].default or "fashion-mnist")
-    p.add_argument("--model-dir", type=Path, default=Settings.model_fields["model_dir"].default)
-    p.add_argument("--what", default="elbo", help=f"comma list of {', '.join(WHAT)} (default elbo)")
-    p.add_argument("--samples", type=int, default=ElboOptions.model_fields["samples"].default,
-                   help="K importance samples for elbo's log_likelihood (as /elbo)")  # fmt: skip
-    p.add_argument("--anomaly-samples", type=int, default=AnomalyOptions.model_fields["samples"].default,
-                   help="K for the anomaly score (as /anomaly)")  # fmt: skip
-    p.add_argument("--threshold", type=float, default=AnomalyOptions.model_fields["threshold"].default)
-    p.add_argument("--seed", type=int, default=0, help="the seed each image is scored with (as a request's)")
-    p.add_argument("--column", default="image", help="the image column of a Parquet input (or an .npz array)")
-    p.add_argument("--chunk-rows", type=int, default=4096, help="inputs per Parquet part: the unit of resuming")
-    p.add_argument("--batch-rows", type=int, default=1024, help="graph rows per ONNX run")
-    return p
-
-
-def main(argv: list[str]) -> None:
-    args = parser().parse_args(argv)
-    args.what = [w.strip() for w in args.what.split(",") if w.strip()]
-    wrong = [w for w in args.what if w not in WHAT]
-    problems = [f"--what: {', '.join(wrong)} (choose from {', '.join(WHAT)})"] if wrong or not args.what else []
-    problems += [f"--{n.replace('_', '-')} must be ≥ 1" for n in ("samples", "anomaly_samples", "chunk_rows",
-                                                                  "batch_rows") if getattr(args, n) < 1]  # fmt: skip
-    problems += [f"{args.input}: no such file or folder"] if not args.input.exists() else []
-    problems += ["--seed must be ≥ 0"] if args.seed < 0 else []
-    if problems:
-        sys.exit(f"vae-serve score: {'; '.join(problems)}")
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        summary = asyncio.run(run(args))
-    except (ScoreError, ServiceError) as exc:
-        sys.exit(f"vae-serve score: {getattr(exc, 'message', exc)}")
-    outliers = f", {summary['outliers']} outliers" if "anomaly" in args.what else ""
-    skipped = f" (listed in {args.out / 'skipped.json'})" if summary["skipped"] else ""
-    sys.stderr.write(f"{summary['rows']:,} rows scored, {summary['skipped']} skipped{skipped}{outliers}\n")
