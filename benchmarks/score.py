@@ -2,7 +2,8 @@
 
 The same images (binarized noise of the model's shape, ``--rows`` of them, in an ``.npy``) scored
 for ``elbo`` with K = 1: the score graph alone in this process at its best batch size (the
-compute floor), ``vae-serve score`` (the whole command, start to summary), and the HTTP client
+compute floor), ``vae-serve score`` (the whole command, start to summary), the same on a local
+Ray it starts itself (``--ray-address local``, two actors), and the HTTP client
 (``vae_client``, NPY, one image a request and batches of the server's request limit) against
 vae-serve with its defaults.
 Writes ``results/score.json`` and ``results/score.md``.
@@ -46,10 +47,10 @@ def inprocess(model_dir: Path, x: np.ndarray, batches=(64, 256, 1024, 4096), sec
     return rates
 
 
-def local(path: Path, out: Path, model: str) -> float:
+def local(path: Path, out: Path, model: str, *options: str) -> float:
     started = time.perf_counter()
     command = [*python_command("service"), "score", str(path), "--out", str(out), "--model", model, "--what", "elbo"]
-    subprocess.run(command, check=True, cwd=ROOT, capture_output=True, timeout=3600)
+    subprocess.run([*command, *options], check=True, cwd=ROOT, capture_output=True, timeout=3600)
     return time.perf_counter() - started
 
 
@@ -87,11 +88,13 @@ def main(argv: list[str] | None = None) -> None:
         log.info("in-process score graph: %s", {k: round(v) for k, v in results["inprocess_rows_per_s"].items()})
         results["local_s"] = local(path, Path(folder) / "out", args.model)
         log.info("vae-serve score: %.1f s", results["local_s"])
+        results["ray_s"] = local(path, Path(folder) / "ray", args.model, "--ray-address", "local", "--ray-actors", "2")
+        log.info("vae-serve score on Ray (a local Ray of this machine, two actors): %.1f s", results["ray_s"])
         results["http_rows_per_s"] = over_http(x, args.model, Path(folder), (1, args.http_batch))
         log.info("HTTP client: %s", {k: round(v) for k, v in results["http_rows_per_s"].items()})
     best = max(results["inprocess_rows_per_s"].values())
-    local_rate = args.rows / results["local_s"]
-    results.update(local_rows_per_s=local_rate, best_inprocess_rows_per_s=best)
+    local_rate, ray_rate = args.rows / results["local_s"], args.rows / results["ray_s"]
+    results.update(local_rows_per_s=local_rate, ray_rows_per_s=ray_rate, best_inprocess_rows_per_s=best)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "score.json").write_text(json.dumps(results, indent=1))
     lines = [
@@ -100,9 +103,12 @@ def main(argv: list[str] | None = None) -> None:
         *(f"| score graph in process, batch {b} | {r:,.0f} | {r / best:.2f}× |"
           for b, r in results["inprocess_rows_per_s"].items()),
         f"| `vae-serve score` (whole command, start to summary) | {local_rate:,.0f} | {local_rate / best:.2f}× |",
+        f"| `vae-serve score --ray-address local` (Ray started by it, two actors) | {ray_rate:,.0f} "
+        f"| {ray_rate / best:.2f}× |",
         *(f"| HTTP client (`vae_client`, NPY), {b} image{'s' if b > 1 else ''} a request | {r:,.0f} | {r / best:.2f}× |"
           for b, r in results["http_rows_per_s"].items()),
-        "", *(f"`vae-serve score` ÷ the HTTP client at {b} a request: {local_rate / r:.2f}×"
+        "", f"On Ray ÷ the local run: {ray_rate / local_rate:.2f}×",
+        *(f"`vae-serve score` ÷ the HTTP client at {b} a request: {local_rate / r:.2f}×"
               for b, r in results["http_rows_per_s"].items()),
     ]  # fmt: skip
     (args.out / "score.md").write_text("\n".join(lines) + "\n")
