@@ -1,7 +1,8 @@
 """``vae-serve score``: a whole dataset scored offline, through the service's own runtime and rules.
 
-Reads a folder of images (recursively, any format Pillow reads), an ``.npy``/``.npz`` of images, or
-Parquet with an image column (encoded image bytes, or H·W·C numbers a row), and writes Parquet
+Reads a folder of images (recursively, any format Pillow reads), an ``.npy`` (a block at a time) or
+``.npz`` of images, or Parquet with an image column (encoded image bytes, or H·W·C numbers a
+row), and writes Parquet
 parts to ``--out``: each row's id and what was asked (``elbo`` and its terms with the IWAE
 log-likelihood over K samples, the calibrated ``anomaly`` score, percentile and flag, the
 ``latent`` mean and log-variance). The graphs run in this process through ``ModelRuntime`` and its
@@ -94,7 +95,7 @@ def read_inputs(source: Path, shape: tuple[int, int, int], column: str) -> Itera
         for path in image_files(source):
             yield str(path.relative_to(source)), path
     elif source.suffix == ".npy":
-        for i, row in enumerate(np.load(source, mmap_mode="r")):
+        for i, row in enumerate(npy_rows(source)):
             yield str(i), row
     elif source.suffix == ".npz":
         with np.load(source) as archive:
@@ -114,6 +115,26 @@ def read_inputs(source: Path, shape: tuple[int, int, int], column: str) -> Itera
                 i += 1
     else:
         raise ScoreError(f"{source}: expected a folder of images, an .npy, an .npz or a .parquet file")
+
+
+def npy_header(file) -> tuple[tuple[int, ...], np.dtype]:
+    """An .npy file's shape and dtype; the file is left at its first value."""
+    version = np.lib.format.read_magic(file)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(file)
+    if fortran or dtype.hasobject:
+        raise ScoreError(f"{file.name}: a Fortran-ordered or object .npy; save it with np.save of a C-ordered array")
+    return shape, dtype
+
+
+def npy_rows(path: Path, block: int = 1024) -> Iterator[np.ndarray]:
+    """An .npy's rows, read a block at a time (not memory-mapped: a large file's pages never pile up)."""
+    with open(path, "rb") as file:
+        shape, dtype = npy_header(file)
+        row = int(np.prod(shape[1:], dtype=np.int64))
+        for start in range(0, shape[0] if shape else 0, block):
+            count = min(block, shape[0] - start)
+            yield from np.fromfile(file, dtype, count * row).reshape(count, *shape[1:])
 
 
 def as_image(item: object, shape: tuple[int, int, int]) -> np.ndarray:
@@ -224,7 +245,8 @@ def count_inputs(source: Path) -> int | None:
     if source.is_dir():
         return len(image_files(source))
     if source.suffix == ".npy":
-        return len(np.load(source, mmap_mode="r"))
+        with open(source, "rb") as file:
+            return npy_header(file)[0][0]
     if source.suffix == ".parquet":
         import pyarrow.parquet as pq
 
