@@ -241,12 +241,16 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
 
 
-def count_inputs(source: Path) -> int | None:
+def count_inputs(source: Path, column: str) -> int | None:
+    """How many inputs ``source`` holds (None: not a kind the scorer reads)."""
     if source.is_dir():
         return len(image_files(source))
     if source.suffix == ".npy":
         with open(source, "rb") as file:
             return npy_header(file)[0][0]
+    if source.suffix == ".npz":
+        with np.load(source) as archive:
+            return len(archive[column if column in archive.files else archive.files[0]])
     if source.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -299,7 +303,7 @@ def run(args) -> dict:
     scorer = Scorer(args)
     args.out.mkdir(parents=True, exist_ok=True)
     resumed = 0
-    progress = Progress(count_inputs(args.input))
+    progress = Progress(count_inputs(args.input, args.column))
     try:
         for chunk in chunks(args.input, scorer.image_shape, args.column, args.chunk_rows):
             if (args.out / PART.format(chunk.index)).exists():  # done by an earlier start of this command

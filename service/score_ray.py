@@ -1,6 +1,7 @@
 """``vae-serve score --ray-address``: the same scoring on a Ray cluster, with Ray Data.
 
-The driver lists the inputs (each image file's path, or each row of an ``.npy``), Ray Data cuts
+The driver lists the inputs (each image file's path, or each row's index in an ``.npy``, ``.npz``
+or Parquet file), Ray Data cuts
 the list into blocks, and ``map_batches`` sends them to a pool of actors, each holding a
 ``score.Scorer`` (the model's ONNX sessions and batchers): an actor reads its images itself from
 the shared path, skips what cannot be read with the same rules as the local run, and scores the
@@ -18,18 +19,46 @@ from pathlib import Path
 
 import numpy as np
 
-from .score import ScoreError, Scorer, as_image, image_files
+from .score import ScoreError, Scorer, as_image, count_inputs, image_files
 
 SKIPPED, NODE = "skipped", "node"  # columns the actors add: why a row was skipped, and where it ran
 
 
-def references(source: Path) -> list[dict]:
-    """What each input is, cheaply, for the actors to read: a file's path, or an .npy's row."""
+def references(source: Path, column: str) -> list[dict]:
+    """What each input is, cheaply, for the actors to read: a file's path, or a row's index."""
     if source.is_dir():
         return [{"id": str(path.relative_to(source)), "path": str(path)} for path in image_files(source)]
-    if source.suffix == ".npy":
-        return [{"id": str(i), "row": i} for i in range(len(np.load(source, mmap_mode="r")))]
-    raise ScoreError(f"{source}: --ray-address reads a folder of images or an .npy (.npz and Parquet: the local run)")
+    rows = count_inputs(source, column)
+    if rows is None:
+        raise ScoreError(f"{source}: expected a folder of images, an .npy, an .npz or a .parquet file")
+    return [{"id": str(i), "row": i} for i in range(rows)]
+
+
+class Rows:
+    """An actor's reader of rows by index: an .npy memory-mapped, an .npz's array, a Parquet column
+    read by the row groups a batch falls in."""
+
+    def __init__(self, source: Path, column: str) -> None:
+        self.source, self.column = source, column
+        if source.suffix == ".npy":
+            self.array = np.load(source, mmap_mode="r")
+        elif source.suffix == ".npz":
+            with np.load(source) as archive:
+                self.array = archive[column if column in archive.files else archive.files[0]]
+        else:
+            import pyarrow.parquet as pq
+
+            self.parquet = pq.ParquetFile(source)
+            sizes = [self.parquet.metadata.row_group(g).num_rows for g in range(self.parquet.num_row_groups)]
+            self.starts = np.cumsum([0, *sizes])
+
+    def take(self, indices: np.ndarray) -> list:
+        if self.source.suffix in (".npy", ".npz"):
+            return [self.array[int(i)] for i in indices]
+        first, last = (int(np.searchsorted(self.starts, i, side="right")) - 1 for i in (indices.min(), indices.max()))
+        groups = list(range(first, last + 1))
+        values = self.parquet.read_row_groups(groups, columns=[self.column]).column(0).to_pylist()
+        return [values[int(i) - int(self.starts[first])] for i in indices]
 
 
 class RayScorer:
@@ -41,12 +70,12 @@ class RayScorer:
         self.args = argparse.Namespace(**options)
         self.scorer = Scorer(self.args)
         self.node = ray.get_runtime_context().get_node_id()
-        self.rows = np.load(self.args.input, mmap_mode="r") if self.args.input.suffix == ".npy" else None
+        self.rows = None if self.args.input.is_dir() else Rows(self.args.input, self.args.column)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images, reasons = [], []
-        for i in range(len(batch["id"])):
-            item = Path(batch["path"][i]) if "path" in batch else self.rows[int(batch["row"][i])]
+        items = [Path(p) for p in batch["path"]] if "path" in batch else self.rows.take(batch["row"])
+        for item in items:
             try:
                 images.append(as_image(item, self.scorer.image_shape))
                 reasons.append("")
@@ -74,7 +103,7 @@ def run_on_ray(args) -> dict:
     Scorer(argparse.Namespace(**options)).close()  # a wrong model or option stops here, before the cluster
     ray.init(address=args.ray_address, log_to_driver=False, configure_logging=False)
     try:
-        refs = references(options["input"])
+        refs = references(options["input"], args.column)
         blocks = max(1, -(-len(refs) // args.chunk_rows))
         scored = (
             ray.data.from_items(refs, override_num_blocks=blocks)

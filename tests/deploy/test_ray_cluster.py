@@ -86,6 +86,18 @@ def test_the_same_job_on_two_ray_nodes_writes_the_local_runs_rows(two_nodes, tmp
     )
 
 
+def test_parquet_on_ray_reads_its_rows_by_row_group_as_the_local_run_does(two_nodes, tmp_path):
+    x = (np.random.default_rng(8).random((500, 784)) < 0.3).astype(np.float32)
+    pq.write_table(pa.table({"pixels": list(x)}), tmp_path / "x.parquet", row_group_size=70)  # groups across blocks
+    args = [str(tmp_path / "x.parquet"), "--column", "pixels", "--seed", "3", "--chunk-rows", "64"]
+    assert score(*args, "--out", str(tmp_path / "local")).returncode == 0
+    on_ray = score(*args, "--out", str(tmp_path / "ray"), "--ray-address", two_nodes[0])
+    assert on_ray.returncode == 0, on_ray.stderr
+    mine, theirs = table(tmp_path / "ray"), table(tmp_path / "local")
+    assert mine.column("id").to_pylist() == theirs.column("id").to_pylist() and mine.num_rows == 500
+    np.testing.assert_allclose(mine.column("elbo").to_numpy(), theirs.column("elbo").to_numpy(), rtol=1e-6, atol=1e-5)
+
+
 def test_ray_serve_places_a_replica_on_each_node_and_rolls_out_a_version_under_load(two_nodes, tmp_path):
     import ray as ray_api
     from ray import serve
