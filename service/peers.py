@@ -18,6 +18,7 @@ import os
 from . import control, errors
 from .control import ABSENT
 from .errors import ServiceError
+from .registry import READY
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ async def answer(state, call: dict) -> dict:
             return {"entry": (await registry.unload(call["name"])).describe()}
         if op == "rescan":  # the supervisor's poll or SIGHUP: every worker follows the folder together
             await registry.rescan()
-            return {}
+            return {"serving": {name: e.version for name, e in registry.entries.items() if e.state == READY}}
         if op == "drain":  # the supervisor's SIGTERM, as a call: a worker that got SIGTERM too drains once
             if not state.lifecycle.draining:
                 state.lifecycle.begin_drain()

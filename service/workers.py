@@ -110,6 +110,7 @@ class Supervisor:
         self.gpus = gpu_count()
         self.workers: dict[int, Worker] = {}
         self.replay: dict[str, dict] = {}  # model name -> its last load or unload, for workers that join later
+        self.serving: dict[str, str] = {}  # what every worker served after the last rescan
         self.draining = False
         self._ids = 0
         self._connections: set[asyncio.Task] = set()
@@ -231,12 +232,23 @@ class Supervisor:
         the clock: the workers never follow the folder each on its own)."""
         while not self.draining:
             await asyncio.sleep(self.settings.model_poll_s)
-            await self._everyone({"op": "rescan"})
+            await self._rescan_all()
 
     def _rescan(self, why: str) -> None:
         if self.settings.model_control in ("none", "poll") and not self.draining:
             log.info("%s: every worker rescans %s", why, self.settings.model_dir)
-            asyncio.get_running_loop().create_task(self._everyone({"op": "rescan"}))
+            asyncio.get_running_loop().create_task(self._rescan_all())
+
+    async def _rescan_all(self) -> None:
+        """Every worker rescans; once all have answered, what they serve is logged when it changed
+        (from then on no worker serves what was replaced)."""
+        replies = [r for r in await self._everyone({"op": "rescan"}) if ABSENT not in r and "serving" in r]
+        serving = (
+            replies[0]["serving"] if replies and all(r["serving"] == replies[0]["serving"] for r in replies) else None
+        )
+        if serving is not None and serving != self.serving:
+            self.serving = serving
+            log.info("rescan: every worker serves %s", ", ".join(f"{n} {v}" for n, v in sorted(serving.items())))
 
     async def _everyone(self, call: dict) -> list[dict]:
         """``call`` on every worker, the replies in slot order. A load or unload is kept for workers

@@ -221,3 +221,22 @@ def _group_pids(group: int) -> list[int]:
 
 def _group_alive(group: int) -> bool:
     return bool(_group_pids(group))
+
+
+@pytest.mark.slow
+def test_in_poll_mode_the_workers_follow_one_clock_and_agree_once_the_rescan_answered(tmp_path):
+    """The supervisor asks every worker to rescan at once; from the moment all have answered (its
+    log says what every worker serves), no worker serves the old version."""
+    root = tmp_path / "repo"
+    make_version(root / "m" / "1", 1)
+    server, url = start_server(root, tmp_path / "server.log", default_model="m", model_control="poll",
+                               model_poll_s=0.3, workers=WORKERS)  # fmt: skip
+    try:
+        make_version(root / "m" / "2", 2)
+        deadline = time.monotonic() + 30
+        while "rescan: every worker serves m 2" not in server.log_path.read_text():
+            assert time.monotonic() < deadline, "the workers did not rescan"
+            time.sleep(0.05)
+        assert {fresh(url, "GET", "/models/m").json()["version"] for _ in range(30)} == {"2"}
+    finally:
+        server.stop()
