@@ -89,18 +89,23 @@ def checked_row(row: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
         raise ValueError(exc.message.removeprefix("image[0]: ")) from None
 
 
-def read_inputs(source: Path, shape: tuple[int, int, int], column: str) -> Iterator[tuple[str, object]]:
-    """(id, an image's bytes/path/array) for every input, in a stable order; a read error is the item."""
+def npz_name(archive, column: str) -> str:
+    """The array of an .npz that holds the images: ``column``, or else its first."""
+    return column if column in archive.files else archive.files[0]
+
+
+def read_inputs(source: Path, column: str, files: list[Path] | None = None) -> Iterator[tuple[str, object]]:
+    """(id, an image's path/bytes/numbers) for every input, in a stable order; ``files``: a folder's
+    images, when the caller has listed them already."""
     if source.is_dir():
-        for path in image_files(source):
+        for path in image_files(source) if files is None else files:
             yield str(path.relative_to(source)), path
     elif source.suffix == ".npy":
         for i, row in enumerate(npy_rows(source)):
             yield str(i), row
     elif source.suffix == ".npz":
         with np.load(source) as archive:
-            name = column if column in archive.files else archive.files[0]
-            for i, row in enumerate(archive[name]):
+            for i, row in enumerate(archive[npz_name(archive, column)]):
                 yield str(i), row
     elif source.suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -145,10 +150,11 @@ def as_image(item: object, shape: tuple[int, int, int]) -> np.ndarray:
     return checked_row(np.asarray(item), shape)
 
 
-def chunks(source: Path, shape: tuple[int, int, int], column: str, size: int) -> Iterator[Chunk]:
+def chunks(source: Path, shape: tuple[int, int, int], column: str, size: int,
+           files: list[Path] | None = None) -> Iterator[Chunk]:  # fmt: skip
     """The inputs in numbered chunks of ``size``; an input that cannot be read is kept as skipped."""
     chunk = Chunk(0, [], [], {})
-    for ident, item in read_inputs(source, shape, column):
+    for ident, item in read_inputs(source, column, files):
         try:
             image = as_image(item, shape)
         except ValueError as exc:
@@ -189,7 +195,7 @@ async def score_chunk(runtime: ModelRuntime, x: np.ndarray, args) -> dict[str, n
     return columns
 
 
-def write_part(out: Path, chunk: Chunk, columns: dict[str, np.ndarray]) -> int:
+def write_part(out: Path, chunk: Chunk, columns: dict[str, np.ndarray]) -> None:
     """The chunk's rows and its skipped inputs, each file written whole (a temporary name, then renamed)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -205,7 +211,6 @@ def write_part(out: Path, chunk: Chunk, columns: dict[str, np.ndarray]) -> int:
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     _atomic(out / PART.format(chunk.index), buffer.getvalue())  # last: its presence marks the chunk done
-    return len(kept)
 
 
 def _atomic(path: Path, data: bytes) -> None:
@@ -217,16 +222,15 @@ def _atomic(path: Path, data: bytes) -> None:
 class Progress:
     """One line on stderr, redrawn at most twice a second: rows, rows/s and the time left."""
 
-    def __init__(self, total: int | None, done: int = 0):
-        self.total, self.done, self.started, self.shown = total, done, time.perf_counter(), 0.0
-        self.start_done = done
+    def __init__(self, total: int | None):
+        self.total, self.done, self.started, self.shown = total, 0, time.perf_counter(), 0.0
 
     def add(self, rows: int) -> None:
         self.done += rows
         now = time.perf_counter()
         if now - self.shown >= 0.5 or (self.total is not None and self.done >= self.total):
             self.shown = now
-            rate = (self.done - self.start_done) / max(now - self.started, 1e-9)
+            rate = self.done / max(now - self.started, 1e-9)
             left = "" if not self.total or not rate else f", {_duration((self.total - self.done) / rate)} left"
             total = f"/{self.total:,}" if self.total else ""
             sys.stderr.write(f"\rscored {self.done:,}{total} inputs, {rate:,.0f} rows/s{left}   ")
@@ -242,15 +246,13 @@ def _duration(seconds: float) -> str:
 
 
 def count_inputs(source: Path, column: str) -> int | None:
-    """How many inputs ``source`` holds (None: not a kind the scorer reads)."""
-    if source.is_dir():
-        return len(image_files(source))
+    """How many rows a file holds (None: a folder, whose listing is its count, or not a kind the scorer reads)."""
     if source.suffix == ".npy":
         with open(source, "rb") as file:
             return npy_header(file)[0][0]
     if source.suffix == ".npz":
         with np.load(source) as archive:
-            return len(archive[column if column in archive.files else archive.files[0]])
+            return len(archive[npz_name(archive, column)])
     if source.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -303,9 +305,10 @@ def run(args) -> dict:
     scorer = Scorer(args)
     args.out.mkdir(parents=True, exist_ok=True)
     resumed = 0
-    progress = Progress(count_inputs(args.input, args.column))
+    files = image_files(args.input) if args.input.is_dir() else None  # listed once, for the count and the reading
+    progress = Progress(len(files) if files is not None else count_inputs(args.input, args.column))
     try:
-        for chunk in chunks(args.input, scorer.image_shape, args.column, args.chunk_rows):
+        for chunk in chunks(args.input, scorer.image_shape, args.column, args.chunk_rows, files):
             if (args.out / PART.format(chunk.index)).exists():  # done by an earlier start of this command
                 resumed += 1
             else:

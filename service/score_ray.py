@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .score import ScoreError, Scorer, as_image, count_inputs, image_files
+from .score import ScoreError, Scorer, as_image, count_inputs, image_files, npz_name
 
 SKIPPED, NODE = "skipped", "node"  # columns the actors add: why a row was skipped, and where it ran
 
@@ -44,7 +44,7 @@ class Rows:
             self.array = np.load(source, mmap_mode="r")
         elif source.suffix == ".npz":
             with np.load(source) as archive:
-                self.array = archive[column if column in archive.files else archive.files[0]]
+                self.array = archive[npz_name(archive, column)]
         else:
             import pyarrow.parquet as pq
 
